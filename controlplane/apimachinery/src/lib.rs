@@ -1,1 +1,4 @@
+pub mod fields;
+pub mod labels;
+pub mod names;
 pub mod tables;
