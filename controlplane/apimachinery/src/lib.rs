@@ -1,4 +1,5 @@
 pub mod fields;
 pub mod labels;
 pub mod names;
+pub mod strategic;
 pub mod tables;
