@@ -310,8 +310,11 @@ impl Background {
     }
 
     fn finish(mut self, code: Option<i32>, timed_out: bool) -> Output {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
+        // The pipes close when the process exits, unless a grandchild it left
+        // behind still holds them; don't wait for such a one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
         Output {
             command: self.command.clone(),
