@@ -39,7 +39,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for any single command, so that a hung kubectl (a watch the
 /// server never ends, a deletion wait that never sees its event) fails the test
 /// with its output instead of stalling the whole suite.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The repository root (the workspace that contains this crate).
 pub fn workspace_root() -> PathBuf {
@@ -309,7 +309,7 @@ impl Background {
         self.finish(status.and_then(|s| s.code()), false)
     }
 
-    fn finish(mut self, code: Option<i32>, timed_out: bool) -> Output {
+    fn finish(self, code: Option<i32>, timed_out: bool) -> Output {
         // The pipes close when the process exits, unless a grandchild it left
         // behind still holds them; don't wait for such a one.
         let deadline = Instant::now() + Duration::from_secs(5);
