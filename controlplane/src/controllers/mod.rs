@@ -1,0 +1,3 @@
+//! Controllers that run inside the control plane process.
+
+pub mod gc;
