@@ -90,7 +90,13 @@ impl FieldError {
 
     /// The text Kubernetes prints for one field error.
     pub fn message(&self) -> String {
-        let mut text = format!("{}: {}", self.field, self.kind.words());
+        format!("{}: {}", self.field, self.detail_message())
+    }
+
+    /// The message without the field, as a Status cause carries it (the
+    /// field travels separately, and kubectl joins the two).
+    pub fn detail_message(&self) -> String {
+        let mut text = self.kind.words().to_owned();
         if let Some(value) = &self.value {
             if self.kind != FieldErrorKind::Required {
                 text.push_str(&format!(": \"{value}\""));
@@ -236,7 +242,7 @@ impl ApiError {
                 let causes: Vec<Value> = causes
                     .iter()
                     .map(|cause| {
-                        json!({"reason": cause.kind.reason(), "message": cause.message(), "field": cause.field})
+                        json!({"reason": cause.kind.reason(), "message": cause.detail_message(), "field": cause.field})
                     })
                     .collect();
                 Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}))

@@ -32,7 +32,8 @@ use crate::api::objects;
 use crate::api::registry::{DeleteOptions, Propagation, Registry};
 use crate::api::resources::{ResourceInfo, RESOURCES};
 
-const RESYNC_PERIOD: Duration = Duration::from_secs(30);
+/// How often everything is replanned from a fresh read of the store.
+const RESYNC_PERIOD: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -88,10 +89,16 @@ pub enum Action {
     FinishNamespace { key: String },
 }
 
+/// The collector's view of the store, with the reverse indexes that let
+/// one event be planned without looking at every object.
 #[derive(Debug, Default)]
 pub struct Index {
     entries: HashMap<String, Entry>,
     by_uid: HashMap<String, String>,
+    /// Owner uid to the keys of objects that reference it.
+    dependents: HashMap<String, BTreeSet<String>>,
+    /// Namespace name to the keys of the objects in it.
+    by_namespace: HashMap<String, BTreeSet<String>>,
 }
 
 fn parse_entry(kv: &KeyValue) -> Option<Entry> {
@@ -106,54 +113,92 @@ fn parse_entry(kv: &KeyValue) -> Option<Entry> {
     })
 }
 
-fn is_namespace_key(key: &str) -> bool {
-    key.starts_with("/registry/core/namespaces/")
-}
+const NAMESPACE_PREFIX: &str = "/registry/core/namespaces/";
 
 impl Index {
     fn insert(&mut self, kv: &KeyValue) {
         self.remove(&kv.key);
-        if let Some(entry) = parse_entry(kv) {
-            if !entry.uid.is_empty() {
-                self.by_uid.insert(entry.uid.clone(), kv.key.clone());
-            }
-            self.entries.insert(kv.key.clone(), entry);
+        let Some(entry) = parse_entry(kv) else { return };
+        if !entry.uid.is_empty() {
+            self.by_uid.insert(entry.uid.clone(), kv.key.clone());
         }
+        for owner in &entry.owners {
+            self.dependents.entry(owner.clone()).or_default().insert(kv.key.clone());
+        }
+        if let Some(namespace) = &entry.namespace {
+            self.by_namespace.entry(namespace.clone()).or_default().insert(kv.key.clone());
+        }
+        self.entries.insert(kv.key.clone(), entry);
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some(entry) = self.entries.remove(key) {
-            if self.by_uid.get(&entry.uid).map(String::as_str) == Some(key) {
-                self.by_uid.remove(&entry.uid);
+        let Some(entry) = self.entries.remove(key) else { return };
+        if self.by_uid.get(&entry.uid).map(String::as_str) == Some(key) {
+            self.by_uid.remove(&entry.uid);
+        }
+        for owner in &entry.owners {
+            if let Some(keys) = self.dependents.get_mut(owner) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
+        if let Some(namespace) = &entry.namespace {
+            if let Some(keys) = self.by_namespace.get_mut(namespace) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_namespace.remove(namespace);
+                }
             }
         }
     }
 
-    pub fn apply(&mut self, event: &Event) {
+    /// The keys whose plan may change because `key` changed: the object
+    /// itself, its dependents, its owners, and its namespace.
+    fn affected_by(&self, key: &str) -> BTreeSet<String> {
+        let mut affected = BTreeSet::from([key.to_owned()]);
+        if let Some(entry) = self.entries.get(key) {
+            affected.extend(self.dependents.get(&entry.uid).into_iter().flatten().cloned());
+            affected.extend(entry.owners.iter().filter_map(|owner| self.by_uid.get(owner)).cloned());
+            if let Some(namespace) = &entry.namespace {
+                affected.insert(format!("{NAMESPACE_PREFIX}{namespace}"));
+            }
+        }
+        affected
+    }
+
+    /// Applies one event and returns the keys to replan. Keys related
+    /// before the change and after it both count: a deleted owner's
+    /// dependents are found through its entry before it goes.
+    pub fn apply(&mut self, event: &Event) -> BTreeSet<String> {
+        let mut affected = self.affected_by(&event.kv.key);
         match event.event_type {
             EventType::Put => self.insert(&event.kv),
             EventType::Delete => self.remove(&event.kv.key),
         }
+        affected.extend(self.affected_by(&event.kv.key));
+        affected
     }
 
     fn exists(&self, uid: &str) -> bool {
         self.by_uid.contains_key(uid)
     }
 
-    /// Everything that needs doing now, given what exists.
+    /// Everything that needs doing, for every object.
     pub fn plan(&self) -> BTreeSet<Action> {
+        self.plan_for(self.entries.keys())
+    }
+
+    /// What needs doing now for the given objects, each seen as a
+    /// dependent, as an owner, and (for namespaces) as a container.
+    pub fn plan_for<'a>(&self, keys: impl IntoIterator<Item = &'a String>) -> BTreeSet<Action> {
         let mut actions = BTreeSet::new();
-        let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (key, entry) in &self.entries {
-            for owner in &entry.owners {
-                dependents.entry(owner.as_str()).or_default().push(key.as_str());
-            }
-        }
-        for (key, entry) in &self.entries {
-            // Dependents of owners that no longer exist.
+        for key in keys {
+            let Some(entry) = self.entries.get(key) else { continue };
             if !entry.owners.is_empty() {
-                let live: Vec<&String> = entry.owners.iter().filter(|owner| self.exists(owner)).collect();
-                if live.is_empty() {
+                let any_live = entry.owners.iter().any(|owner| self.exists(owner));
+                if !any_live {
                     if !entry.deleting {
                         actions.insert(Action::DeleteDependent { key: key.clone() });
                     }
@@ -166,33 +211,26 @@ impl Index {
             if !entry.deleting {
                 continue;
             }
-            let mine = dependents.get(entry.uid.as_str()).cloned().unwrap_or_default();
+            let mine: Vec<&String> = self.dependents.get(&entry.uid).into_iter().flatten().collect();
             if entry.finalizers.iter().any(|f| f == "orphan") {
                 if mine.is_empty() {
                     actions.insert(Action::RemoveFinalizer { key: key.clone(), finalizer: "orphan".into() });
                 }
-                for dependent in &mine {
-                    actions.insert(Action::DropOwnerReference { key: dependent.to_string(), owner_uid: entry.uid.clone() });
+                for dependent in mine {
+                    actions.insert(Action::DropOwnerReference { key: dependent.clone(), owner_uid: entry.uid.clone() });
                 }
             } else if entry.finalizers.iter().any(|f| f == "foregroundDeletion") {
                 if mine.is_empty() {
                     actions.insert(Action::RemoveFinalizer { key: key.clone(), finalizer: "foregroundDeletion".into() });
                 }
-                for dependent in &mine {
-                    if self.entries.get(*dependent).is_some_and(|d| !d.deleting) {
-                        actions.insert(Action::DeleteDependent { key: dependent.to_string() });
+                for dependent in mine {
+                    if self.entries.get(dependent).is_some_and(|d| !d.deleting) {
+                        actions.insert(Action::DeleteDependent { key: dependent.clone() });
                     }
                 }
             }
-            if is_namespace_key(key) {
-                let name = key.trim_start_matches("/registry/core/namespaces/");
-                let contents: Vec<&String> = self
-                    .entries
-                    .iter()
-                    .filter(|(_, other)| other.namespace.as_deref() == Some(name))
-                    .map(|(other_key, _)| other_key)
-                    .filter(|other_key| !is_namespace_key(other_key))
-                    .collect();
+            if let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) {
+                let contents: Vec<&String> = self.by_namespace.get(name).into_iter().flatten().collect();
                 if contents.is_empty() {
                     actions.insert(Action::FinishNamespace { key: key.clone() });
                 }
@@ -255,13 +293,13 @@ impl GarbageCollector {
             tokio::select! {
                 event = watcher.next() => {
                     let event = event?;
-                    index.apply(&event);
+                    let mut affected = index.apply(&event);
                     // Drain what is already queued before planning, so a
                     // burst of deletes is planned once.
                     while let Some(Ok(next)) = futures_util::FutureExt::now_or_never(watcher.next()) {
-                        index.apply(&next);
+                        affected.extend(index.apply(&next));
                     }
-                    self.execute(index.plan()).await;
+                    self.execute(index.plan_for(&affected)).await;
                 }
                 _ = &mut resync => return Ok(()),
             }
@@ -308,7 +346,7 @@ impl GarbageCollector {
             }
             Action::FinishNamespace { key } => {
                 let Some(kv) = self.registry.store.get(key).await? else { return Ok(()) };
-                tracing::info!(namespace = key.trim_start_matches("/registry/core/namespaces/"), "namespace is empty; removing it");
+                tracing::info!(namespace = key.trim_start_matches(NAMESPACE_PREFIX), "namespace is empty; removing it");
                 let op = WriteOp::Delete { key: key.clone(), precondition: Precondition::ModRevision(kv.mod_revision) };
                 self.registry.store.write(op).await.map(|_| ()).map_err(ApiError::from)
             }
@@ -396,6 +434,16 @@ mod tests {
         let plan = index(&[terminating.clone(), kv(config, json!({"uid": "c1", "namespace": "team"}))]).plan();
         assert_eq!(plan, [Action::DeleteNamespaced { key: config.into() }].into());
         assert_eq!(index(&[terminating]).plan(), [Action::FinishNamespace { key: namespace.into() }].into());
+    }
+
+    #[test]
+    fn an_owner_delete_event_replans_its_dependents() {
+        let owner = kv(RC, json!({"uid": "rc1", "namespace": "default"}));
+        let pod = kv(POD, json!({"uid": "p1", "namespace": "default", "ownerReferences": [{"uid": "rc1"}]}));
+        let mut index = index(&[owner.clone(), pod]);
+        let affected = index.apply(&Event { event_type: EventType::Delete, kv: owner, previous: None });
+        assert!(affected.contains(POD), "{affected:?}");
+        assert_eq!(index.plan_for(&affected), [Action::DeleteDependent { key: POD.into() }].into());
     }
 
     #[test]
