@@ -42,7 +42,10 @@ impl Cidr {
             return Err(invalid());
         }
         let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { network: u32::from(address) & mask, prefix })
+        Ok(Cidr {
+            network: u32::from(address) & mask,
+            prefix,
+        })
     }
 
     pub fn size(&self) -> u32 {
@@ -80,7 +83,11 @@ pub struct ClusterIpAllocator {
 
 impl ClusterIpAllocator {
     pub fn new(cidr: Cidr) -> Self {
-        ClusterIpAllocator { cidr, used: BTreeSet::new(), cursor: 2 }
+        ClusterIpAllocator {
+            cidr,
+            used: BTreeSet::new(),
+            cursor: 2,
+        }
     }
 
     pub fn cidr(&self) -> Cidr {
@@ -123,7 +130,11 @@ impl ClusterIpAllocator {
             ));
         };
         if !self.used.insert(offset) {
-            return Err(FieldError::invalid(field, ip, format!("failed to allocate IP {ip}: provided IP is already allocated")));
+            return Err(FieldError::invalid(
+                field,
+                ip,
+                format!("failed to allocate IP {ip}: provided IP is already allocated"),
+            ));
         }
         Ok(())
     }
@@ -138,7 +149,14 @@ impl ClusterIpAllocator {
                 return Ok(self.cidr.nth(offset));
             }
         }
-        Err(FieldError::invalid(field, "", format!("failed to allocate a serviceIP: range {} is full", self.cidr)))
+        Err(FieldError::invalid(
+            field,
+            "",
+            format!(
+                "failed to allocate a serviceIP: range {} is full",
+                self.cidr
+            ),
+        ))
     }
 }
 
@@ -164,7 +182,12 @@ impl NodePortAllocator {
     }
 
     pub fn new(first: u16, last: u16) -> Self {
-        NodePortAllocator { first, last, used: BTreeSet::new(), cursor: first }
+        NodePortAllocator {
+            first,
+            last,
+            used: BTreeSet::new(),
+            cursor: first,
+        }
     }
 
     pub fn mark(&mut self, port: u16) {
@@ -178,16 +201,25 @@ impl NodePortAllocator {
     }
 
     pub fn claim(&mut self, port: i32, field: &str) -> Result<(), FieldError> {
-        let in_range = u16::try_from(port).ok().filter(|port| (self.first..=self.last).contains(port));
+        let in_range = u16::try_from(port)
+            .ok()
+            .filter(|port| (self.first..=self.last).contains(port));
         let Some(port16) = in_range else {
             return Err(FieldError::invalid(
                 field,
                 port,
-                format!("provided port is not in the valid range. The range of valid ports is {}-{}", self.first, self.last),
+                format!(
+                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                    self.first, self.last
+                ),
             ));
         };
         if !self.used.insert(port16) {
-            return Err(FieldError::invalid(field, port, "provided port is already allocated"));
+            return Err(FieldError::invalid(
+                field,
+                port,
+                "provided port is already allocated",
+            ));
         }
         Ok(())
     }
@@ -197,11 +229,19 @@ impl NodePortAllocator {
         for step in 0..size {
             let port = self.first + ((u32::from(self.cursor - self.first) + step) % size) as u16;
             if self.used.insert(port) {
-                self.cursor = if port == self.last { self.first } else { port + 1 };
+                self.cursor = if port == self.last {
+                    self.first
+                } else {
+                    port + 1
+                };
                 return Ok(port);
             }
         }
-        Err(FieldError::invalid(field, "", format!("range {}-{} is full", self.first, self.last)))
+        Err(FieldError::invalid(
+            field,
+            "",
+            format!("range {}-{} is full", self.first, self.last),
+        ))
     }
 }
 
@@ -215,7 +255,10 @@ pub struct ServiceAllocations {
 /// What a Service holds: its ClusterIP (unless headless or ExternalName)
 /// and its NodePorts.
 pub fn held_by(service: &Value) -> (Option<Ipv4Addr>, Vec<u16>) {
-    let ip = service.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|ip| ip.parse().ok());
+    let ip = service
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|ip| ip.parse().ok());
     let ports = service
         .pointer("/spec/ports")
         .and_then(Value::as_array)
@@ -254,14 +297,25 @@ impl ServiceAllocations {
     /// Fills in a new or updated Service's ClusterIP and NodePorts.
     /// `old` is the stored Service on update: what it held stays held, and
     /// what the update drops is released. On error nothing changes.
-    pub fn assign(&mut self, service: &mut Value, old: Option<&Value>) -> Result<(), Vec<FieldError>> {
+    pub fn assign(
+        &mut self,
+        service: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), Vec<FieldError>> {
         let mut trial = self.clone();
         if let Some(old) = old {
             trial.release_service(old);
         }
         let mut errors = Vec::new();
-        let service_type = service.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
-        let old_ip = old.and_then(|old| old.pointer("/spec/clusterIP")).and_then(Value::as_str).map(str::to_owned);
+        let service_type = service
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_owned();
+        let old_ip = old
+            .and_then(|old| old.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let spec = match service.get_mut("spec").and_then(Value::as_object_mut) {
             Some(spec) => spec,
             None => return Ok(()),
@@ -271,13 +325,25 @@ impl ServiceAllocations {
             spec.remove("clusterIP");
             spec.remove("clusterIPs");
         } else {
-            let requested = spec.get("clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let requested = spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             if let Some(old_ip) = old_ip.as_deref().filter(|old_ip| !old_ip.is_empty()) {
                 if !requested.is_empty() && requested != old_ip {
-                    errors.push(FieldError::invalid("spec.clusterIPs[0]", &requested, "may not change once set"));
+                    errors.push(FieldError::invalid(
+                        "spec.clusterIPs[0]",
+                        &requested,
+                        "may not change once set",
+                    ));
                 }
             }
-            let requested = if requested.is_empty() { old_ip.clone().unwrap_or_default() } else { requested };
+            let requested = if requested.is_empty() {
+                old_ip.clone().unwrap_or_default()
+            } else {
+                requested
+            };
             let assigned = match requested.as_str() {
                 "None" => Some("None".to_owned()),
                 "" => match trial.cluster_ips.allocate("spec.clusterIPs") {
@@ -314,7 +380,9 @@ impl ServiceAllocations {
         let wants_node_ports = matches!(service_type.as_str(), "NodePort" | "LoadBalancer");
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             for (index, port) in ports.iter_mut().enumerate() {
-                let Some(port) = port.as_object_mut() else { continue };
+                let Some(port) = port.as_object_mut() else {
+                    continue;
+                };
                 let field = format!("spec.ports[{index}].nodePort");
                 if !wants_node_ports {
                     port.remove("nodePort");
@@ -352,8 +420,10 @@ mod tests {
 
     fn allocations() -> ServiceAllocations {
         let cidr = Cidr::parse("10.96.0.0/12").expect("cidr");
-        let mut allocations =
-            ServiceAllocations { cluster_ips: ClusterIpAllocator::new(cidr), node_ports: NodePortAllocator::new(30000, 32767) };
+        let mut allocations = ServiceAllocations {
+            cluster_ips: ClusterIpAllocator::new(cidr),
+            node_ports: NodePortAllocator::new(30000, 32767),
+        };
         let api_ip = allocations.cluster_ips.api_service_ip();
         allocations.cluster_ips.mark(api_ip);
         allocations
@@ -388,11 +458,23 @@ mod tests {
 
         let mut taken = json!({"spec": {"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}});
         let errors = allocations.assign(&mut taken, None).expect_err("taken");
-        assert!(errors[0].message().contains("provided IP is already allocated"), "{:?}", errors);
+        assert!(
+            errors[0]
+                .message()
+                .contains("provided IP is already allocated"),
+            "{:?}",
+            errors
+        );
 
         let mut outside = json!({"spec": {"clusterIP": "192.168.1.1", "ports": [{"port": 80}]}});
         let errors = allocations.assign(&mut outside, None).expect_err("outside");
-        assert!(errors[0].message().contains("The range of valid IPs is 10.96.0.0/12"), "{:?}", errors);
+        assert!(
+            errors[0]
+                .message()
+                .contains("The range of valid IPs is 10.96.0.0/12"),
+            "{:?}",
+            errors
+        );
     }
 
     #[test]
@@ -409,17 +491,31 @@ mod tests {
     #[test]
     fn node_ports_conflict_with_a_clear_error_and_nothing_leaks() {
         let mut allocations = allocations();
-        let mut first = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}});
+        let mut first =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}});
         allocations.assign(&mut first, None).expect("first");
         let before = allocations.cluster_ips.used.len();
-        let mut second = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}});
+        let mut second =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}});
         let errors = allocations.assign(&mut second, None).expect_err("conflict");
-        assert_eq!(errors[0].message(), "spec.ports[0].nodePort: Invalid value: \"30001\": provided port is already allocated");
-        assert_eq!(allocations.cluster_ips.used.len(), before, "a failed assign allocates nothing");
+        assert_eq!(
+            errors[0].message(),
+            "spec.ports[0].nodePort: Invalid value: \"30001\": provided port is already allocated"
+        );
+        assert_eq!(
+            allocations.cluster_ips.used.len(),
+            before,
+            "a failed assign allocates nothing"
+        );
 
-        let mut out_of_range = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}});
-        let errors = allocations.assign(&mut out_of_range, None).expect_err("range");
-        assert!(errors[0].message().contains("The range of valid ports is 30000-32767"));
+        let mut out_of_range =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}});
+        let errors = allocations
+            .assign(&mut out_of_range, None)
+            .expect_err("range");
+        assert!(errors[0]
+            .message()
+            .contains("The range of valid ports is 30000-32767"));
     }
 
     #[test]
@@ -428,13 +524,23 @@ mod tests {
         let mut service = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
         allocations.assign(&mut service, None).expect("create");
         let ip = service["spec"]["clusterIP"].clone();
-        let node_port = service["spec"]["ports"][0]["nodePort"].as_u64().expect("port") as u16;
+        let node_port = service["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .expect("port") as u16;
 
         let mut as_cluster_ip = service.clone();
         as_cluster_ip["spec"]["type"] = json!("ClusterIP");
-        allocations.assign(&mut as_cluster_ip, Some(&service)).expect("update");
-        assert_eq!(as_cluster_ip["spec"]["clusterIP"], ip, "the ClusterIP is kept");
+        allocations
+            .assign(&mut as_cluster_ip, Some(&service))
+            .expect("update");
+        assert_eq!(
+            as_cluster_ip["spec"]["clusterIP"], ip,
+            "the ClusterIP is kept"
+        );
         assert!(as_cluster_ip["spec"]["ports"][0].get("nodePort").is_none());
-        assert!(!allocations.node_ports.used.contains(&node_port), "the NodePort is released");
+        assert!(
+            !allocations.node_ports.used.contains(&node_port),
+            "the NodePort is released"
+        );
     }
 }

@@ -10,7 +10,8 @@ use crate::api::registry::{Registry, SYSTEM_NAMESPACES};
 use crate::api::resources;
 
 fn info(plural: &str) -> Result<&'static resources::ResourceInfo, ApiError> {
-    resources::find("", "v1", plural).ok_or_else(|| ApiError::Internal(format!("resource {plural} is not served")))
+    resources::find("", "v1", plural)
+        .ok_or_else(|| ApiError::Internal(format!("resource {plural} is not served")))
 }
 
 async fn create_if_missing(
@@ -19,16 +20,29 @@ async fn create_if_missing(
     namespace: Option<&str>,
     object: serde_json::Value,
 ) -> Result<(), ApiError> {
-    match registry.create(info(plural)?, namespace, object, false).await {
+    match registry
+        .create(info(plural)?, namespace, object, false)
+        .await
+    {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
         Err(error) => Err(error),
     }
 }
 
 /// Creates the system namespaces and the `kubernetes` Service and Endpoints.
-pub async fn ensure_defaults(registry: &Registry, advertise_address: &str, secure_port: u16) -> Result<(), ApiError> {
+pub async fn ensure_defaults(
+    registry: &Registry,
+    advertise_address: &str,
+    secure_port: u16,
+) -> Result<(), ApiError> {
     for namespace in SYSTEM_NAMESPACES {
-        create_if_missing(registry, "namespaces", None, json!({"metadata": {"name": namespace}})).await?;
+        create_if_missing(
+            registry,
+            "namespaces",
+            None,
+            json!({"metadata": {"name": namespace}}),
+        )
+        .await?;
     }
     let service_ip = registry.api_service_ip().await.to_string();
     create_if_missing(

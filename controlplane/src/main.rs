@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
-use skiff_controlplane::allocators::{Cidr, ClusterIpAllocator, NodePortAllocator, ServiceAllocations};
+use skiff_controlplane::allocators::{
+    Cidr, ClusterIpAllocator, NodePortAllocator, ServiceAllocations,
+};
 use skiff_controlplane::api::handlers::ServerFacts;
 use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::gc::GarbageCollector;
@@ -70,26 +72,42 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", options.data_dir.display()))?;
-    let cidr = Cidr::parse(&options.service_cluster_ip_range).context("--service-cluster-ip-range")?;
-    let (first_port, last_port) =
-        NodePortAllocator::parse_range(&options.service_node_port_range).context("--service-node-port-range")?;
-    let allocations =
-        ServiceAllocations { cluster_ips: ClusterIpAllocator::new(cidr), node_ports: NodePortAllocator::new(first_port, last_port) };
+    std::fs::create_dir_all(&options.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            options.data_dir.display()
+        )
+    })?;
+    let cidr =
+        Cidr::parse(&options.service_cluster_ip_range).context("--service-cluster-ip-range")?;
+    let (first_port, last_port) = NodePortAllocator::parse_range(&options.service_node_port_range)
+        .context("--service-node-port-range")?;
+    let allocations = ServiceAllocations {
+        cluster_ips: ClusterIpAllocator::new(cidr),
+        node_ports: NodePortAllocator::new(first_port, last_port),
+    };
     let api_service_ip = allocations.cluster_ips.api_service_ip();
 
-    let advertise = options.advertise_address.unwrap_or(if options.bind_address.is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        options.bind_address
-    });
+    let advertise = options
+        .advertise_address
+        .unwrap_or(if options.bind_address.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            options.bind_address
+        });
     let mut sans = options.tls_sans.clone();
     sans.push(advertise.to_string());
-    let pki = pki::ensure(&options.data_dir, &pki::default_serving_names(&sans, Some(IpAddr::V4(api_service_ip))))
-        .context("cannot set up certificates")?;
-    let server_url = format!("https://{}", SocketAddr::new(advertise, options.secure_port));
-    let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, &server_url).context("cannot write the admin kubeconfig")?;
+    let pki = pki::ensure(
+        &options.data_dir,
+        &pki::default_serving_names(&sans, Some(IpAddr::V4(api_service_ip))),
+    )
+    .context("cannot set up certificates")?;
+    let server_url = format!(
+        "https://{}",
+        SocketAddr::new(advertise, options.secure_port)
+    );
+    let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, &server_url)
+        .context("cannot write the admin kubeconfig")?;
 
     let store_path = options.data_dir.join("store.redb");
     tracing::info!(path = %store_path.display(), "opening the store");
@@ -98,7 +116,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the store at {}", store_path.display()))?,
     );
     let registry = Arc::new(Registry::new(store, allocations));
-    registry.load_allocations().await.context("cannot load Service allocations from the store")?;
+    registry
+        .load_allocations()
+        .await
+        .context("cannot load Service allocations from the store")?;
     bootstrap::ensure_defaults(&registry, &advertise.to_string(), options.secure_port)
         .await
         .context("cannot create the default namespaces and the kubernetes Service")?;
@@ -121,7 +142,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
     });
     let tls = server::tls_config(&pki)?;
     let address = SocketAddr::new(options.bind_address, options.secure_port);
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, kubeconfig = %kubeconfig.display(), "serving the Kubernetes API; use: export KUBECONFIG={}", kubeconfig.display());
 
     tokio::select! {
@@ -134,10 +157,11 @@ async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => return std::future::pending().await,
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -13,14 +13,18 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
 }
@@ -44,7 +48,11 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { action: "read", path: path.to_owned(), source }),
+        Err(source) => Err(PkiError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -53,7 +61,11 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("tmp");
-    let io = |action, source| PkiError::Io { action, path: path.to_owned(), source };
+    let io = |action, source| PkiError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -61,7 +73,8 @@ pub fn write_private(path: &Path, contents: &str, mode: u32) -> Result<(), PkiEr
         .mode(mode)
         .open(&temporary)
         .map_err(|e| io("create", e))?;
-    file.write_all(contents.as_bytes()).map_err(|e| io("write", e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("sync", e))?;
     fs::rename(&temporary, path).map_err(|e| io("rename", e))
 }
@@ -98,7 +111,11 @@ fn load_or_create_ca(dir: &Path) -> Result<(Issuer<'static, KeyPair>, String), P
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = distinguished_name("skiff-ca", None);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut params, 10);
     let cert = params.self_signed(&key)?;
     write_private(&dir.join(CA_KEY), &key.serialize_pem(), 0o600)?;
@@ -116,7 +133,10 @@ fn issue(
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name = distinguished_name(common_name, organization);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![usage];
     validity(&mut params, 1);
     let cert = params.signed_by(&key, issuer)?;
@@ -127,17 +147,30 @@ fn issue(
 /// and IPs the API must be reachable under.
 pub fn ensure(data_dir: &Path, serving_names: &[String]) -> Result<ServerPki, PkiError> {
     let dir = data_dir.join("pki");
-    fs::create_dir_all(&dir).map_err(|source| PkiError::Io { action: "create", path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
     let (issuer, ca_pem) = load_or_create_ca(&dir)?;
 
     let wanted_names = serving_names.join("\n");
-    let existing = (read(&dir.join(SERVING_CERT))?, read(&dir.join(SERVING_KEY))?, read(&dir.join(SERVING_NAMES))?);
+    let existing = (
+        read(&dir.join(SERVING_CERT))?,
+        read(&dir.join(SERVING_KEY))?,
+        read(&dir.join(SERVING_NAMES))?,
+    );
     let (serving_cert_pem, serving_key_pem) = match existing {
         (Some(cert), Some(key), Some(names)) if names == wanted_names => (cert, key),
         _ => {
             tracing::info!(names = %serving_names.join(","), "issuing the API serving certificate");
-            let (cert, key) =
-                issue(&issuer, serving_names.to_vec(), "skiff-apiserver", None, ExtendedKeyUsagePurpose::ServerAuth)?;
+            let (cert, key) = issue(
+                &issuer,
+                serving_names.to_vec(),
+                "skiff-apiserver",
+                None,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            )?;
             write_private(&dir.join(SERVING_KEY), &key, 0o600)?;
             write_private(&dir.join(SERVING_CERT), &cert, 0o644)?;
             write_private(&dir.join(SERVING_NAMES), &wanted_names, 0o644)?;
@@ -148,12 +181,21 @@ pub fn ensure(data_dir: &Path, serving_names: &[String]) -> Result<ServerPki, Pk
     if read(&dir.join(ADMIN_CERT))?.is_none() || read(&dir.join(ADMIN_KEY))?.is_none() {
         // system:masters is the group Kubernetes grants full access to; the
         // name keeps audit logs and future RBAC meaningful.
-        let (cert, key) =
-            issue(&issuer, Vec::new(), "skiff-admin", Some("system:masters"), ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (cert, key) = issue(
+            &issuer,
+            Vec::new(),
+            "skiff-admin",
+            Some("system:masters"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         write_private(&dir.join(ADMIN_KEY), &key, 0o600)?;
         write_private(&dir.join(ADMIN_CERT), &cert, 0o644)?;
     }
-    Ok(ServerPki { ca_pem, serving_cert_pem, serving_key_pem })
+    Ok(ServerPki {
+        ca_pem,
+        serving_cert_pem,
+        serving_key_pem,
+    })
 }
 
 /// Writes `DATA_DIR/admin.kubeconfig` for `server_url`, with the admin
@@ -178,10 +220,16 @@ pub fn write_admin_kubeconfig(data_dir: &Path, server_url: &str) -> Result<PathB
 /// The names the serving certificate covers by default: loopback, the
 /// in-cluster service names, and whatever the operator adds.
 pub fn default_serving_names(extra: &[String], service_ip: Option<IpAddr>) -> Vec<String> {
-    let mut names: Vec<String> = ["localhost", "127.0.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-        .iter()
-        .map(|name| name.to_string())
-        .collect();
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+    ]
+    .iter()
+    .map(|name| name.to_string())
+    .collect();
     names.push("kubernetes.default.svc.cluster.local".into());
     if let Some(ip) = service_ip {
         names.push(ip.to_string());
@@ -216,9 +264,13 @@ mod tests {
         let more = default_serving_names(&["10.1.2.3".into()], None);
         let third = ensure(dir.path(), &more).expect("third");
         assert_eq!(first.ca_pem, third.ca_pem, "the CA survives a SAN change");
-        assert_ne!(first.serving_cert_pem, third.serving_cert_pem, "the serving cert is reissued");
+        assert_ne!(
+            first.serving_cert_pem, third.serving_cert_pem,
+            "the serving cert is reissued"
+        );
 
-        let kubeconfig = write_admin_kubeconfig(dir.path(), "https://127.0.0.1:6443").expect("kubeconfig");
+        let kubeconfig =
+            write_admin_kubeconfig(dir.path(), "https://127.0.0.1:6443").expect("kubeconfig");
         let text = fs::read_to_string(kubeconfig).expect("read");
         assert!(text.contains("server: https://127.0.0.1:6443"));
         assert!(text.contains("client-key-data: "));

@@ -38,25 +38,32 @@ pub enum ServerError {
     #[error("invalid TLS material: {0}")]
     Tls(String),
     #[error("cannot listen on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the rustls configuration from the PKI.
 pub fn tls_config(pki: &ServerPki) -> Result<rustls::ServerConfig, ServerError> {
     let tls = |error: &dyn std::fmt::Display| ServerError::Tls(error.to_string());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(&e))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(&e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
@@ -69,7 +76,8 @@ pub fn tls_config(pki: &ServerPki) -> Result<rustls::ServerConfig, ServerError> 
 
 fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()).boxed());
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = header::HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
@@ -77,30 +85,51 @@ fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bod
 }
 
 fn error_response(error: &ApiError) -> Response<Body> {
-    full(error.code(), "application/json", serde_json::to_vec(&error.status()).unwrap_or_default())
+    full(
+        error.code(),
+        "application/json",
+        serde_json::to_vec(&error.status()).unwrap_or_default(),
+    )
 }
 
 fn into_response(reply: Reply) -> Response<Body> {
     match reply {
         Reply::Json { status, body } => full(status, "application/json", body),
-        Reply::Raw { status, content_type, body } => full(status, content_type, body),
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+        } => full(status, content_type, body),
         Reply::Stream(receiver) => {
             let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), receiver))
+                receiver
+                    .recv()
+                    .await
+                    .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), receiver))
             });
             let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             response
         }
     }
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/livez") || path.starts_with("/healthz/") || path.starts_with("/readyz/") || path.starts_with("/livez/")
+    matches!(path, "/healthz" | "/readyz" | "/livez")
+        || path.starts_with("/healthz/")
+        || path.starts_with("/readyz/")
+        || path.starts_with("/livez/")
 }
 
-fn header_str<'a>(request: &'a Request<Incoming>, name: header::HeaderName) -> &'a str {
-    request.headers().get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+fn header_str(request: &Request<Incoming>, name: header::HeaderName) -> &str {
+    request
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
 }
 
 async fn serve_request(
@@ -119,18 +148,32 @@ async fn serve_request(
     }
     let accept = header_str(&request, header::ACCEPT).to_owned();
     let content_type = header_str(&request, header::CONTENT_TYPE).to_owned();
-    let declared_length = header_str(&request, header::CONTENT_LENGTH).parse::<usize>().ok();
-    let too_large = || ApiError::RequestEntityTooLarge(format!("Request entity too large: limit is {MAX_BODY_BYTES}"));
+    let declared_length = header_str(&request, header::CONTENT_LENGTH)
+        .parse::<usize>()
+        .ok();
+    let too_large = || {
+        ApiError::RequestEntityTooLarge(format!(
+            "Request entity too large: limit is {MAX_BODY_BYTES}"
+        ))
+    };
     if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
         return error_response(&too_large());
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return error_response(&too_large());
             }
-            return error_response(&ApiError::BadRequest(format!("cannot read the request body: {error}")));
+            return error_response(&ApiError::BadRequest(format!(
+                "cannot read the request body: {error}"
+            )));
         }
     };
     let reply = handlers::handle(
@@ -158,7 +201,9 @@ pub async fn serve(
     registry: Arc<Registry>,
     facts: Arc<ServerFacts>,
 ) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(address).await.map_err(|source| ServerError::Listen { address, source })?;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Listen { address, source })?;
     serve_listener(listener, tls, registry, facts).await
 }
 
@@ -191,11 +236,19 @@ pub async fn serve_listener(
                     return;
                 }
             };
-            let authenticated = stream.get_ref().1.peer_certificates().is_some_and(|chain| !chain.is_empty());
+            let authenticated = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|chain| !chain.is_empty());
             let service = service_fn(move |request| {
                 let registry = registry.clone();
                 let facts = facts.clone();
-                async move { Ok::<_, Infallible>(serve_request(request, authenticated, registry, facts).await) }
+                async move {
+                    Ok::<_, Infallible>(
+                        serve_request(request, authenticated, registry, facts).await,
+                    )
+                }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

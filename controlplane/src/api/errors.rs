@@ -53,10 +53,19 @@ impl FieldErrorKind {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { field: field.into(), kind: FieldErrorKind::Required, detail: detail.into(), value: None }
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            detail: detail.into(),
+            value: None,
+        }
     }
 
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
         FieldError {
             field: field.into(),
             kind: FieldErrorKind::Invalid,
@@ -66,10 +75,19 @@ impl FieldError {
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError { field: field.into(), kind: FieldErrorKind::Forbidden, detail: detail.into(), value: None }
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden,
+            detail: detail.into(),
+            value: None,
+        }
     }
 
-    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Display, allowed: &[&str]) -> Self {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        allowed: &[&str],
+    ) -> Self {
         let allowed: Vec<String> = allowed.iter().map(|value| format!("\"{value}\"")).collect();
         FieldError {
             field: field.into(),
@@ -118,15 +136,30 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{message}")]
-    NotFound { message: String, name: String, kind: String, group: String },
+    NotFound {
+        message: String,
+        name: String,
+        kind: String,
+        group: String,
+    },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
     NotAcceptable(String),
     #[error("{message}")]
-    AlreadyExists { message: String, name: String, kind: String, group: String },
+    AlreadyExists {
+        message: String,
+        name: String,
+        kind: String,
+        group: String,
+    },
     #[error("{message}")]
-    Conflict { message: String, name: String, kind: String, group: String },
+    Conflict {
+        message: String,
+        name: String,
+        kind: String,
+        group: String,
+    },
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -134,7 +167,13 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{message}")]
-    Invalid { message: String, name: String, kind: String, group: String, causes: Vec<FieldError> },
+    Invalid {
+        message: String,
+        name: String,
+        kind: String,
+        group: String,
+        causes: Vec<FieldError>,
+    },
     #[error("{0}")]
     Internal(String),
     #[error("{0}")]
@@ -174,9 +213,16 @@ impl ApiError {
 
     pub fn invalid(info: &ResourceInfo, name: &str, causes: Vec<FieldError>) -> Self {
         let listed: Vec<String> = causes.iter().map(FieldError::message).collect();
-        let summary =
-            if listed.len() == 1 { listed[0].clone() } else { format!("[{}]", listed.join(", ")) };
-        let kind = if info.group.is_empty() { info.kind.to_owned() } else { format!("{}.{}", info.kind, info.group) };
+        let summary = if listed.len() == 1 {
+            listed[0].clone()
+        } else {
+            format!("[{}]", listed.join(", "))
+        };
+        let kind = if info.group.is_empty() {
+            info.kind.to_owned()
+        } else {
+            format!("{}.{}", info.kind, info.group)
+        };
         ApiError::Invalid {
             message: format!("{kind} \"{name}\" is invalid: {summary}"),
             name: name.to_owned(),
@@ -235,10 +281,22 @@ impl ApiError {
             "code": self.code(),
         });
         let details = match self {
-            ApiError::NotFound { name, kind, group, .. }
-            | ApiError::AlreadyExists { name, kind, group, .. }
-            | ApiError::Conflict { name, kind, group, .. } => Some(json!({"name": name, "group": group, "kind": kind})),
-            ApiError::Invalid { name, kind, group, causes, .. } => {
+            ApiError::NotFound {
+                name, kind, group, ..
+            }
+            | ApiError::AlreadyExists {
+                name, kind, group, ..
+            }
+            | ApiError::Conflict {
+                name, kind, group, ..
+            } => Some(json!({"name": name, "group": group, "kind": kind})),
+            ApiError::Invalid {
+                name,
+                kind,
+                group,
+                causes,
+                ..
+            } => {
                 let causes: Vec<Value> = causes
                     .iter()
                     .map(|cause| {

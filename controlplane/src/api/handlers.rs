@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::errors::ApiError;
 use super::objects;
-use super::registry::{self, DeleteOptions, Deleted, PatchType, Propagation, Registry};
+use super::registry::{self, DeleteOptions, Deleted, PatchType, Propagation, Registry, WriteMode};
 use super::request::{self, ApiRequest, Query, SubresourcePath, Target, Verb};
 use super::resources::{self, ResourceInfo};
 use super::watch::{self, Rendering, Start, WatchFilter, WatchRequest};
@@ -22,14 +22,24 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// What to send back.
 pub enum Reply {
-    Json { status: u16, body: Vec<u8> },
-    Raw { status: u16, content_type: &'static str, body: Bytes },
+    Json {
+        status: u16,
+        body: Vec<u8>,
+    },
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+    },
     Stream(mpsc::Receiver<Bytes>),
 }
 
 impl Reply {
     fn json(status: u16, value: &Value) -> Reply {
-        Reply::Json { status, body: serde_json::to_vec(value).unwrap_or_default() }
+        Reply::Json {
+            status,
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
     }
 
     pub fn error(error: &ApiError) -> Reply {
@@ -53,17 +63,29 @@ pub struct ServerFacts {
     pub version: Value,
 }
 
-pub async fn handle(registry: &Arc<Registry>, facts: &ServerFacts, incoming: Incoming<'_>) -> Reply {
+pub async fn handle(
+    registry: &Arc<Registry>,
+    facts: &ServerFacts,
+    incoming: Incoming<'_>,
+) -> Reply {
     match dispatch(registry, facts, incoming).await {
         Ok(reply) => reply,
         Err(error) => Reply::error(&error),
     }
 }
 
-async fn dispatch(registry: &Arc<Registry>, facts: &ServerFacts, incoming: Incoming<'_>) -> Result<Reply, ApiError> {
+async fn dispatch(
+    registry: &Arc<Registry>,
+    facts: &ServerFacts,
+    incoming: Incoming<'_>,
+) -> Result<Reply, ApiError> {
     let query = Query::parse(incoming.query);
     match request::parse(incoming.method, incoming.path, &query)? {
-        ApiRequest::Health => Ok(Reply::Raw { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ok") }),
+        ApiRequest::Health => Ok(Reply::Raw {
+            status: 200,
+            content_type: "text/plain",
+            body: Bytes::from_static(b"ok"),
+        }),
         ApiRequest::Version => Ok(Reply::json(200, &facts.version)),
         ApiRequest::OpenApiV2 => Ok(openapi_v2(incoming.accept)),
         ApiRequest::OpenApiV3 => Err(ApiError::NotFound {
@@ -76,11 +98,13 @@ async fn dispatch(registry: &Arc<Registry>, facts: &ServerFacts, incoming: Incom
         ApiRequest::GroupList => Ok(Reply::json(200, &resources::group_list())),
         ApiRequest::Group(group) => resources::group(&group)
             .map(|document| Reply::json(200, &document))
-            .ok_or_else(|| not_found_path()),
+            .ok_or_else(not_found_path),
         ApiRequest::ResourceList { group, version } => resources::resource_list(&group, &version)
             .map(|document| Reply::json(200, &document))
-            .ok_or_else(|| not_found_path()),
-        ApiRequest::Resource { verb, target } => resource(registry, verb, target, &query, incoming).await,
+            .ok_or_else(not_found_path),
+        ApiRequest::Resource { verb, target } => {
+            resource(registry, verb, target, &query, incoming).await
+        }
     }
 }
 
@@ -98,10 +122,20 @@ fn not_found_path() -> ApiError {
 /// everything; the content type must parse, so the protobuf form goes out
 /// as octet-stream.
 fn openapi_v2(accept: &str) -> Reply {
-    if accept.contains("protobuf") || accept.is_empty() || accept.contains("*/*") && !accept.contains("json") {
-        Reply::Raw { status: 200, content_type: "application/octet-stream", body: Bytes::new() }
+    if accept.contains("protobuf")
+        || accept.is_empty()
+        || accept.contains("*/*") && !accept.contains("json")
+    {
+        Reply::Raw {
+            status: 200,
+            content_type: "application/octet-stream",
+            body: Bytes::new(),
+        }
     } else {
-        Reply::json(200, &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}))
+        Reply::json(
+            200,
+            &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": {}}),
+        )
     }
 }
 
@@ -109,7 +143,10 @@ fn wants_table(accept: &str) -> bool {
     accept.contains("as=Table")
 }
 
-fn selectors(info: &ResourceInfo, query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(
+    info: &ResourceInfo,
+    query: &Query,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
         .map_err(|error| ApiError::BadRequest(format!("unable to parse requirement: {error}")))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
@@ -150,19 +187,42 @@ fn is_dry_run(query: &Query) -> bool {
     query.all("dryRun").iter().any(|value| value == "All")
 }
 
-fn object_reply(status: u16, kv: &KeyValue, info: &ResourceInfo, accept: &str) -> Result<Reply, ApiError> {
+fn object_reply(
+    status: u16,
+    kv: &KeyValue,
+    info: &ResourceInfo,
+    accept: &str,
+) -> Result<Reply, ApiError> {
     if wants_table(accept) {
         let object = objects::value(kv)?;
-        let table = tables::table(info.plural, &[object], &kv.mod_revision.to_string(), jiff::Timestamp::now(), true);
+        let table = tables::table(
+            info.plural,
+            &[object],
+            &kv.mod_revision.to_string(),
+            jiff::Timestamp::now(),
+            true,
+        );
         return Ok(Reply::json(status, &table));
     }
-    Ok(Reply::Json { status, body: objects::json_bytes(kv) })
+    Ok(Reply::Json {
+        status,
+        body: objects::json_bytes(kv),
+    })
 }
 
 fn value_reply(status: u16, object: &Value, info: &ResourceInfo, accept: &str) -> Reply {
     if wants_table(accept) {
         let version = objects::str_at(object, "/metadata/resourceVersion").unwrap_or_default();
-        return Reply::json(status, &tables::table(info.plural, std::slice::from_ref(object), version, jiff::Timestamp::now(), true));
+        return Reply::json(
+            status,
+            &tables::table(
+                info.plural,
+                std::slice::from_ref(object),
+                version,
+                jiff::Timestamp::now(),
+                true,
+            ),
+        );
     }
     Reply::json(status, object)
 }
@@ -190,21 +250,47 @@ async fn resource(
         (None, Verb::Watch) => watch(registry, info, namespace, query, accept, None).await,
         (None, Verb::Create) => {
             let body = decode_body(incoming.content_type, &incoming.body)?;
-            let kv = registry.create(info, namespace, body, is_dry_run(query)).await?;
+            let kv = registry
+                .create(info, namespace, body, is_dry_run(query))
+                .await?;
             object_reply(201, &kv, info, accept)
         }
         (None, Verb::Update) | (Some(SubresourcePath::Status), Verb::Update) => {
             let body = decode_body(incoming.content_type, &incoming.body)?;
             let status_only = target.subresource.is_some();
-            let kv = registry.update(info, namespace, name, body, status_only, is_dry_run(query)).await?;
+            let kv = registry
+                .update(
+                    info,
+                    namespace,
+                    name,
+                    body,
+                    WriteMode {
+                        status_only,
+                        dry_run: is_dry_run(query),
+                    },
+                )
+                .await?;
             object_reply(200, &kv, info, accept)
         }
         (None, Verb::Patch) | (Some(SubresourcePath::Status), Verb::Patch) => {
             let patch_type = PatchType::from_content_type(incoming.content_type)?;
-            let patch: Value = serde_json::from_slice(&incoming.body)
-                .map_err(|error| ApiError::BadRequest(format!("the patch is not valid JSON: {error}")))?;
+            let patch: Value = serde_json::from_slice(&incoming.body).map_err(|error| {
+                ApiError::BadRequest(format!("the patch is not valid JSON: {error}"))
+            })?;
             let status_only = target.subresource.is_some();
-            let kv = registry.patch(info, namespace, name, patch_type, &patch, status_only, is_dry_run(query)).await?;
+            let kv = registry
+                .patch(
+                    info,
+                    namespace,
+                    name,
+                    patch_type,
+                    &patch,
+                    WriteMode {
+                        status_only,
+                        dry_run: is_dry_run(query),
+                    },
+                )
+                .await?;
             object_reply(200, &kv, info, accept)
         }
         (None, Verb::Delete) => {
@@ -213,7 +299,16 @@ async fn resource(
                 Deleted::Gone(object) => Ok(value_reply(200, &object, info, accept)),
                 // The apiserver answers 202 while finalizers still hold the
                 // object; kubectl treats both as success.
-                Deleted::Pending(object) => Ok(value_reply(if options.propagation.is_some() { 200 } else { 202 }, &object, info, accept)),
+                Deleted::Pending(object) => Ok(value_reply(
+                    if options.propagation.is_some() {
+                        200
+                    } else {
+                        202
+                    },
+                    &object,
+                    info,
+                    accept,
+                )),
             }
         }
         (None, Verb::DeleteCollection) => {
@@ -223,15 +318,26 @@ async fn resource(
             let mut deleted = Vec::new();
             for kv in items {
                 let object = objects::value(&kv)?;
-                let item_namespace = objects::str_at(&object, "/metadata/namespace").map(str::to_owned);
-                let item_name = objects::str_at(&object, "/metadata/name").unwrap_or_default().to_owned();
-                match registry.delete(info, item_namespace.as_deref(), &item_name, &options).await {
-                    Ok(Deleted::Gone(object)) | Ok(Deleted::Pending(object)) => deleted.push(object),
+                let item_namespace =
+                    objects::str_at(&object, "/metadata/namespace").map(str::to_owned);
+                let item_name = objects::str_at(&object, "/metadata/name")
+                    .unwrap_or_default()
+                    .to_owned();
+                match registry
+                    .delete(info, item_namespace.as_deref(), &item_name, &options)
+                    .await
+                {
+                    Ok(Deleted::Gone(object)) | Ok(Deleted::Pending(object)) => {
+                        deleted.push(object)
+                    }
                     Err(ApiError::NotFound { .. }) => {}
                     Err(error) => return Err(error),
                 }
             }
-            Ok(Reply::json(200, &list_document(info, deleted, registry.store.current_revision())))
+            Ok(Reply::json(
+                200,
+                &list_document(info, deleted, registry.store.current_revision()),
+            ))
         }
         (Some(SubresourcePath::Status), Verb::Get) => {
             let kv = registry.get_kv(info, namespace, name).await?;
@@ -240,7 +346,10 @@ async fn resource(
         (Some(SubresourcePath::Scale), verb) if info.has(resources::Subresource::Scale) => {
             scale(registry, info, namespace, name, verb, query, &incoming).await
         }
-        (Some(SubresourcePath::Other(sub)), _) if info.plural == "pods" && matches!(sub.as_str(), "log" | "exec" | "attach" | "portforward") => {
+        (Some(SubresourcePath::Other(sub)), _)
+            if info.plural == "pods"
+                && matches!(sub.as_str(), "log" | "exec" | "attach" | "portforward") =>
+        {
             let pod = registry.get(info, namespace, name).await?;
             match objects::str_at(&pod, "/spec/nodeName").filter(|node| !node.is_empty()) {
                 None => Err(ApiError::BadRequest(format!("pod {name} does not have a host assigned"))),
@@ -249,9 +358,22 @@ async fn resource(
                 ))),
             }
         }
-        (Some(SubresourcePath::Other(sub)), _) if info.plural == "namespaces" && sub == "finalize" => {
+        (Some(SubresourcePath::Other(sub)), _)
+            if info.plural == "namespaces" && sub == "finalize" =>
+        {
             let body = decode_body(incoming.content_type, &incoming.body)?;
-            let kv = registry.update(info, None, name, body, false, is_dry_run(query)).await?;
+            let kv = registry
+                .update(
+                    info,
+                    None,
+                    name,
+                    body,
+                    WriteMode {
+                        status_only: false,
+                        dry_run: is_dry_run(query),
+                    },
+                )
+                .await?;
             object_reply(200, &kv, info, accept)
         }
         _ => Err(not_found_path()),
@@ -278,7 +400,13 @@ async fn list(
     let (items, revision) = registry.list(info, namespace, &labels, &fields).await?;
     if wants_table(accept) {
         let objects: Vec<Value> = items.iter().map(objects::value).collect::<Result<_, _>>()?;
-        let table = tables::table(info.plural, &objects, &revision.to_string(), jiff::Timestamp::now(), true);
+        let table = tables::table(
+            info.plural,
+            &objects,
+            &revision.to_string(),
+            jiff::Timestamp::now(),
+            true,
+        );
         return Ok(Reply::json(200, &table));
     }
     // The list is assembled from the stored bytes without re-parsing them.
@@ -310,17 +438,33 @@ async fn watch(
 ) -> Result<Reply, ApiError> {
     let (labels, mut fields) = selectors(info, query)?;
     if let Some(name) = only_name {
-        fields = FieldSelector::parse(&format!("metadata.name={}", skiff_apimachinery::fields::escape_value(name)))
-            .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+        fields = FieldSelector::parse(&format!(
+            "metadata.name={}",
+            skiff_apimachinery::fields::escape_value(name)
+        ))
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     }
-    let start = match query.get("resourceVersion").filter(|version| !version.is_empty() && *version != "0") {
-        None => Start::Now,
-        Some(version) => Start::After(version.parse().map_err(|_| {
-            ApiError::BadRequest(format!("invalid resource version: {version:?}"))
-        })?),
+    let start =
+        match query
+            .get("resourceVersion")
+            .filter(|version| !version.is_empty() && *version != "0")
+        {
+            None => Start::Now,
+            Some(version) => Start::After(version.parse().map_err(|_| {
+                ApiError::BadRequest(format!("invalid resource version: {version:?}"))
+            })?),
+        };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|seconds| seconds.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let rendering = if wants_table(accept) {
+        Rendering::Table {
+            resource: info.plural,
+        }
+    } else {
+        Rendering::Object
     };
-    let timeout = query.get("timeoutSeconds").and_then(|seconds| seconds.parse::<u64>().ok()).map(Duration::from_secs);
-    let rendering = if wants_table(accept) { Rendering::Table { resource: info.plural } } else { Rendering::Object };
     let receiver = watch::start(
         registry.store.clone(),
         WatchRequest {
@@ -337,15 +481,30 @@ async fn watch(
 }
 
 /// `GET .../name?watch=true`: the legacy single-object watch.
-async fn watch_one(registry: &Arc<Registry>, target: &Target, query: &Query, accept: &str) -> Result<Reply, ApiError> {
-    watch(registry, target.info, target.namespace.as_deref(), query, accept, target.name.as_deref()).await
+async fn watch_one(
+    registry: &Arc<Registry>,
+    target: &Target,
+    query: &Query,
+    accept: &str,
+) -> Result<Reply, ApiError> {
+    watch(
+        registry,
+        target.info,
+        target.namespace.as_deref(),
+        query,
+        accept,
+        target.name.as_deref(),
+    )
+    .await
 }
 
 fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|error| ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {error}")))?
+        serde_json::from_slice(body).map_err(|error| {
+            ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {error}"))
+        })?
     };
     let mut options = DeleteOptions::default();
     let policy = body
@@ -356,7 +515,11 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     options.propagation = match policy {
         Some(policy) => Some(Propagation::parse(&policy)?),
         // The deprecated boolean still used by some clients.
-        None => match body.get("orphanDependents").and_then(Value::as_bool).or_else(|| query.get("orphanDependents").map(|v| v == "true")) {
+        None => match body
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| query.get("orphanDependents").map(|v| v == "true"))
+        {
             Some(true) => Some(Propagation::Orphan),
             Some(false) => Some(Propagation::Background),
             None => None,
@@ -365,12 +528,24 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     options.grace_period_seconds = body
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
-        .or_else(|| query.get("gracePeriodSeconds").and_then(|value| value.parse().ok()));
-    options.precondition_uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
-    options.precondition_resource_version =
-        body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+        .or_else(|| {
+            query
+                .get("gracePeriodSeconds")
+                .and_then(|value| value.parse().ok())
+        });
+    options.precondition_uid = body
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    options.precondition_resource_version = body
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     options.dry_run = is_dry_run(query)
-        || body.get("dryRun").and_then(Value::as_array).is_some_and(|values| values.iter().any(|v| v == "All"));
+        || body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|values| values.iter().any(|v| v == "All"));
     Ok(options)
 }
 
@@ -389,7 +564,9 @@ async fn scale(
         Verb::Get => return Ok(Reply::json(200, &current_scale)),
         Verb::Update => {
             let scale = decode_body(incoming.content_type, &incoming.body)?;
-            if let Some(version) = objects::str_at(&scale, "/metadata/resourceVersion").filter(|v| !v.is_empty()) {
+            if let Some(version) =
+                objects::str_at(&scale, "/metadata/resourceVersion").filter(|v| !v.is_empty())
+            {
                 if Some(version) != objects::str_at(&current, "/metadata/resourceVersion") {
                     return Err(ApiError::conflict(info, name));
                 }
@@ -398,17 +575,38 @@ async fn scale(
         }
         Verb::Patch => {
             let patch_type = PatchType::from_content_type(incoming.content_type)?;
-            let patch: Value = serde_json::from_slice(&incoming.body)
-                .map_err(|error| ApiError::BadRequest(format!("the patch is not valid JSON: {error}")))?;
+            let patch: Value = serde_json::from_slice(&incoming.body).map_err(|error| {
+                ApiError::BadRequest(format!("the patch is not valid JSON: {error}"))
+            })?;
             // A Scale has no merge keys, so a strategic patch is a merge patch.
-            let patch_type = if patch_type == PatchType::Strategic { PatchType::Merge } else { patch_type };
+            let patch_type = if patch_type == PatchType::Strategic {
+                PatchType::Merge
+            } else {
+                patch_type
+            };
             registry::apply_patch(info, &current_scale, patch_type, &patch)?
         }
-        _ => return Err(ApiError::MethodNotAllowed("the scale subresource supports get, update and patch".into())),
+        _ => {
+            return Err(ApiError::MethodNotAllowed(
+                "the scale subresource supports get, update and patch".into(),
+            ))
+        }
     };
     let replicas = registry::replicas_from_scale(info, name, &requested)?;
     let patch = json!({"spec": {"replicas": replicas}});
-    let kv = registry.patch(info, namespace, name, PatchType::Merge, &patch, false, is_dry_run(query)).await?;
+    let kv = registry
+        .patch(
+            info,
+            namespace,
+            name,
+            PatchType::Merge,
+            &patch,
+            WriteMode {
+                status_only: false,
+                dry_run: is_dry_run(query),
+            },
+        )
+        .await?;
     let updated = objects::value(&kv)?;
     Ok(Reply::json(200, &registry::scale_of(info, &updated)?))
 }

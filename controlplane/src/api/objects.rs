@@ -57,7 +57,9 @@ pub fn with_resource_version(stored: &[u8], revision: i64) -> Vec<u8> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// A stored key-value as JSON bytes, with its resourceVersion.
@@ -67,10 +69,14 @@ pub fn json_bytes(kv: &KeyValue) -> Vec<u8> {
 
 /// A stored key-value as a parsed object, with its resourceVersion.
 pub fn value(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut object: Value = serde_json::from_slice(&kv.value)
-        .map_err(|error| ApiError::Internal(format!("stored object {} is corrupt: {error}", kv.key)))?;
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|error| {
+        ApiError::Internal(format!("stored object {} is corrupt: {error}", kv.key))
+    })?;
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+        metadata.insert(
+            "resourceVersion".into(),
+            Value::String(kv.mod_revision.to_string()),
+        );
     }
     Ok(object)
 }
@@ -82,7 +88,9 @@ pub fn str_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
 
 /// The current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -95,7 +103,8 @@ mod tests {
         let stored = encode(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "data": {"metadata": "{\"metadata\":{}}"}, "metadata": {"name": "x"}}))
         .expect("encode");
-        let spliced: Value = serde_json::from_slice(&with_resource_version(&stored, 42)).expect("json");
+        let spliced: Value =
+            serde_json::from_slice(&with_resource_version(&stored, 42)).expect("json");
         assert_eq!(spliced["metadata"]["resourceVersion"], "42");
         assert_eq!(spliced["metadata"]["name"], "x");
         assert_eq!(spliced["data"]["metadata"], "{\"metadata\":{}}");
@@ -103,8 +112,10 @@ mod tests {
 
     #[test]
     fn splice_handles_empty_metadata_and_drops_stored_versions() {
-        let stored = encode(json!({"kind": "X", "metadata": {"resourceVersion": "7"}})).expect("encode");
-        let spliced: Value = serde_json::from_slice(&with_resource_version(&stored, 9)).expect("json");
+        let stored =
+            encode(json!({"kind": "X", "metadata": {"resourceVersion": "7"}})).expect("encode");
+        let spliced: Value =
+            serde_json::from_slice(&with_resource_version(&stored, 9)).expect("json");
         assert_eq!(spliced["metadata"], json!({"resourceVersion": "9"}));
     }
 }

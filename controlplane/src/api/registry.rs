@@ -29,7 +29,8 @@ use super::strategy;
 use crate::allocators::ServiceAllocations;
 
 /// Namespaces that exist from the start and can never be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 const UNDELETABLE_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 /// How many times a patch is retried when the object changes under it.
@@ -88,6 +89,15 @@ impl PatchType {
     }
 }
 
+/// How an update or patch is applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteMode {
+    /// Through the `status` subresource: only `status` changes.
+    pub status_only: bool,
+    /// Validate and compute the result, but store nothing.
+    pub dry_run: bool,
+}
+
 /// Shared state of the API server.
 pub struct Registry {
     pub store: Arc<dyn KvStore>,
@@ -107,7 +117,9 @@ fn random_suffix() -> String {
     // accidental words) and no look-alike characters.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn metadata_mut(object: &mut Value) -> &mut serde_json::Map<String, Value> {
@@ -124,18 +136,26 @@ fn finalizers(object: &Value) -> Vec<String> {
     object
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|list| list.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+        .map(|list| {
+            list.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn KvStore>, allocations: ServiceAllocations) -> Registry {
-        Registry { store, allocations: Mutex::new(allocations) }
+        Registry {
+            store,
+            allocations: Mutex::new(allocations),
+        }
     }
 
     /// Rebuilds the Service allocations from the stored Services.
     pub async fn load_allocations(&self) -> Result<(), ApiError> {
-        let services = resources::find("", "v1", "services").ok_or_else(|| ApiError::Internal("no services".into()))?;
+        let services = resources::find("", "v1", "services")
+            .ok_or_else(|| ApiError::Internal("no services".into()))?;
         let stored = self.store.range(&services.key_prefix(None)).await?;
         let mut allocations = self.allocations.lock().await;
         for kv in &stored.items {
@@ -148,11 +168,24 @@ impl Registry {
         self.allocations.lock().await.cluster_ips.api_service_ip()
     }
 
-    pub async fn get_kv(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<KeyValue, ApiError> {
-        self.store.get(&info.key(namespace, name)).await?.ok_or_else(|| ApiError::not_found(info, name))
+    pub async fn get_kv(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<KeyValue, ApiError> {
+        self.store
+            .get(&info.key(namespace, name))
+            .await?
+            .ok_or_else(|| ApiError::not_found(info, name))
     }
 
-    pub async fn get(&self, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         objects::value(&self.get_kv(info, namespace, name).await?)
     }
 
@@ -179,9 +212,16 @@ impl Registry {
         Ok((matching, range.revision))
     }
 
-    async fn check_namespace_accepts_writes(&self, info: &ResourceInfo, namespace: Option<&str>) -> Result<(), ApiError> {
-        let (true, Some(namespace)) = (info.namespaced, namespace) else { return Ok(()) };
-        let namespaces = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
+    async fn check_namespace_accepts_writes(
+        &self,
+        info: &ResourceInfo,
+        namespace: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let (true, Some(namespace)) = (info.namespaced, namespace) else {
+            return Ok(());
+        };
+        let namespaces = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
         match self.store.get(&namespaces.key(None, namespace)).await? {
             None => Err(ApiError::not_found(namespaces, namespace)),
             Some(kv) => {
@@ -208,11 +248,15 @@ impl Registry {
         dry_run: bool,
     ) -> Result<KeyValue, ApiError> {
         if !object.is_object() {
-            return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
         }
         check_type_meta(info, &mut object)?;
         let namespace = if info.namespaced {
-            let body_namespace = str_at(&object, "/metadata/namespace").filter(|ns| !ns.is_empty()).map(str::to_owned);
+            let body_namespace = str_at(&object, "/metadata/namespace")
+                .filter(|ns| !ns.is_empty())
+                .map(str::to_owned);
             match (namespace, body_namespace) {
                 (Some(url), Some(body)) if url != body => {
                     return Err(ApiError::BadRequest(
@@ -232,15 +276,23 @@ impl Registry {
         } else {
             None
         };
-        self.check_namespace_accepts_writes(info, namespace.as_deref()).await?;
+        self.check_namespace_accepts_writes(info, namespace.as_deref())
+            .await?;
 
-        let generate_name = str_at(&object, "/metadata/generateName").unwrap_or_default().to_owned();
-        let explicit_name = str_at(&object, "/metadata/name").filter(|n| !n.is_empty()).map(str::to_owned);
+        let generate_name = str_at(&object, "/metadata/generateName")
+            .unwrap_or_default()
+            .to_owned();
+        let explicit_name = str_at(&object, "/metadata/name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
         let metadata = metadata_mut(&mut object);
         match (&explicit_name, generate_name.is_empty()) {
             (Some(_), _) => {}
             (None, false) => {
-                metadata.insert("name".into(), Value::String(format!("{generate_name}{}", random_suffix())));
+                metadata.insert(
+                    "name".into(),
+                    Value::String(format!("{generate_name}{}", random_suffix())),
+                );
             }
             (None, true) => {}
         }
@@ -252,9 +304,21 @@ impl Registry {
                 metadata.remove("namespace");
             }
         }
-        metadata.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-        metadata.insert("creationTimestamp".into(), Value::String(objects::now_rfc3339()));
-        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        metadata.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        metadata.insert(
+            "creationTimestamp".into(),
+            Value::String(objects::now_rfc3339()),
+        );
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             metadata.remove(field);
         }
         if info.has_generation {
@@ -262,41 +326,65 @@ impl Registry {
         } else {
             metadata.remove("generation");
         }
-        if info.has(Subresource::Status) && !matches!(info.plural, "pods" | "nodes" | "namespaces" | "services") {
-            // Workload status belongs to controllers, never to the creator.
+        if info.has(Subresource::Status) && info.plural != "nodes" {
+            // Status is written by controllers and agents, never by the
+            // creator; defaulting then sets the initial status (a pod's
+            // Pending phase, a namespace's Active). A node registers with
+            // its status, so it keeps it.
             if let Some(map) = object.as_object_mut() {
                 map.remove("status");
             }
         }
 
         let mut object = strategy::default_and_validate(info, object, None)?;
-        let name = str_at(&object, "/metadata/name").unwrap_or_default().to_owned();
+        let name = str_at(&object, "/metadata/name")
+            .unwrap_or_default()
+            .to_owned();
         let key = info.key(namespace.as_deref(), &name);
 
         let is_service = info.plural == "services";
-        let mut allocations = if is_service { Some(self.allocations.lock().await) } else { None };
+        let mut allocations = if is_service {
+            Some(self.allocations.lock().await)
+        } else {
+            None
+        };
         let before = allocations.as_deref().cloned();
         if let Some(allocations) = allocations.as_deref_mut() {
-            allocations.assign(&mut object, None).map_err(|causes| ApiError::invalid(info, &name, causes))?;
+            allocations
+                .assign(&mut object, None)
+                .map_err(|causes| ApiError::invalid(info, &name, causes))?;
         }
         if dry_run {
             if let (Some(allocations), Some(before)) = (allocations.as_deref_mut(), before) {
                 *allocations = before;
             }
-            return Ok(KeyValue { key, value: objects::encode(object)?, create_revision: 0, mod_revision: 0 });
+            return Ok(KeyValue {
+                key,
+                value: objects::encode(object)?,
+                create_revision: 0,
+                mod_revision: 0,
+            });
         }
         let result = self
             .store
-            .write(WriteOp::Put { key, value: objects::encode(object)?, precondition: Precondition::MustNotExist })
+            .write(WriteOp::Put {
+                key,
+                value: objects::encode(object)?,
+                precondition: Precondition::MustNotExist,
+            })
             .await;
         match result {
-            Ok(written) => written.current.ok_or_else(|| ApiError::Internal("store returned no value".into())),
+            Ok(written) => written
+                .current
+                .ok_or_else(|| ApiError::Internal("store returned no value".into())),
             Err(error) => {
                 if let (Some(allocations), Some(before)) = (allocations.as_deref_mut(), before) {
                     *allocations = before;
                 }
                 match error {
-                    StoreError::PreconditionFailed { .. } => Err(ApiError::already_exists(info, &name)),
+                    StoreError::PreconditionFailed { .. } => {
+                        Err(ApiError::already_exists(info, &name))
+                    }
                     other => Err(other.into()),
                 }
             }
@@ -310,11 +398,12 @@ impl Registry {
         namespace: Option<&str>,
         name: &str,
         mut object: Value,
-        status_only: bool,
-        dry_run: bool,
+        mode: WriteMode,
     ) -> Result<KeyValue, ApiError> {
         if !object.is_object() {
-            return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
         }
         check_type_meta(info, &mut object)?;
         if let Some(body_name) = str_at(&object, "/metadata/name").filter(|n| !n.is_empty()) {
@@ -324,9 +413,11 @@ impl Registry {
                 )));
             }
         }
-        if let (true, Some(url), Some(body)) =
-            (info.namespaced, namespace, str_at(&object, "/metadata/namespace").filter(|ns| !ns.is_empty()))
-        {
+        if let (true, Some(url), Some(body)) = (
+            info.namespaced,
+            namespace,
+            str_at(&object, "/metadata/namespace").filter(|ns| !ns.is_empty()),
+        ) {
             if url != body {
                 return Err(ApiError::BadRequest(
                     "the namespace of the provided object does not match the namespace sent on the request".into(),
@@ -334,13 +425,15 @@ impl Registry {
             }
         }
         let current = self.get_kv(info, namespace, name).await?;
-        let requested_version = str_at(&object, "/metadata/resourceVersion").filter(|v| !v.is_empty()).map(str::to_owned);
+        let requested_version = str_at(&object, "/metadata/resourceVersion")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         if let Some(version) = requested_version {
             if version != current.mod_revision.to_string() {
                 return Err(ApiError::conflict(info, name));
             }
         }
-        self.write_update(info, current, object, status_only, dry_run).await
+        self.write_update(info, current, object, mode).await
     }
 
     /// Turns a requested new state into the stored one and writes it with
@@ -350,11 +443,15 @@ impl Registry {
         info: &ResourceInfo,
         current: KeyValue,
         requested: Value,
-        status_only: bool,
-        dry_run: bool,
+        WriteMode {
+            status_only,
+            dry_run,
+        }: WriteMode,
     ) -> Result<KeyValue, ApiError> {
         let old = objects::value(&current)?;
-        let name = str_at(&old, "/metadata/name").unwrap_or_default().to_owned();
+        let name = str_at(&old, "/metadata/name")
+            .unwrap_or_default()
+            .to_owned();
         let mut new = if status_only {
             let mut merged = old.clone();
             merged["status"] = requested.get("status").cloned().unwrap_or(Value::Null);
@@ -376,7 +473,15 @@ impl Registry {
         // Fields only the server sets are kept from the stored object.
         let old_metadata = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
         let metadata = metadata_mut(&mut new);
-        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generation",
+        ] {
             match old_metadata.get(field) {
                 Some(value) => metadata.insert(field.to_owned(), value.clone()),
                 None => metadata.remove(field),
@@ -388,14 +493,21 @@ impl Registry {
         if is_deleting {
             // A terminating object may lose finalizers but never gain them.
             let old_finalizers = finalizers(&old);
-            let kept: Vec<Value> =
-                finalizers(&new).into_iter().filter(|f| old_finalizers.contains(f)).map(Value::String).collect();
+            let kept: Vec<Value> = finalizers(&new)
+                .into_iter()
+                .filter(|f| old_finalizers.contains(f))
+                .map(Value::String)
+                .collect();
             metadata_mut(&mut new).insert("finalizers".into(), Value::Array(kept));
         }
 
         let mut new = strategy::default_and_validate(info, new, Some(&old))?;
         if info.has_generation && strategy::spec_changed(&old, &new) {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             metadata_mut(&mut new).insert("generation".into(), json!(generation));
         }
         if finalizers(&new).is_empty() {
@@ -407,25 +519,40 @@ impl Registry {
         }
 
         let is_service = info.plural == "services";
-        let mut allocations = if is_service { Some(self.allocations.lock().await) } else { None };
+        let mut allocations = if is_service {
+            Some(self.allocations.lock().await)
+        } else {
+            None
+        };
         let before = allocations.as_deref().cloned();
         if let Some(allocations) = allocations.as_deref_mut() {
-            allocations.assign(&mut new, Some(&old)).map_err(|causes| ApiError::invalid(info, &name, causes))?;
+            allocations
+                .assign(&mut new, Some(&old))
+                .map_err(|causes| ApiError::invalid(info, &name, causes))?;
         }
-        let restore = |allocations: &mut Option<tokio::sync::MutexGuard<'_, ServiceAllocations>>| {
-            if let (Some(allocations), Some(before)) = (allocations.as_deref_mut(), before.clone()) {
+        let restore = |allocations: &mut Option<
+            tokio::sync::MutexGuard<'_, ServiceAllocations>,
+        >| {
+            if let (Some(allocations), Some(before)) = (allocations.as_deref_mut(), before.clone())
+            {
                 *allocations = before;
             }
         };
         if dry_run {
             restore(&mut allocations);
-            return Ok(KeyValue { value: objects::encode(new)?, ..current });
+            return Ok(KeyValue {
+                value: objects::encode(new)?,
+                ..current
+            });
         }
 
         // The update that removes the last finalizer of a deleting object
         // completes its deletion.
         let op = if is_deleting && finalizers(&new).is_empty() {
-            WriteOp::Delete { key: current.key.clone(), precondition: Precondition::ModRevision(current.mod_revision) }
+            WriteOp::Delete {
+                key: current.key.clone(),
+                precondition: Precondition::ModRevision(current.mod_revision),
+            }
         } else {
             WriteOp::Put {
                 key: current.key.clone(),
@@ -447,7 +574,9 @@ impl Registry {
                         mod_revision: written.revision,
                     });
                 }
-                written.current.ok_or_else(|| ApiError::Internal("store returned no value".into()))
+                written
+                    .current
+                    .ok_or_else(|| ApiError::Internal("store returned no value".into()))
             }
             Err(StoreError::PreconditionFailed { .. }) => {
                 restore(&mut allocations);
@@ -470,8 +599,7 @@ impl Registry {
         name: &str,
         patch_type: PatchType,
         patch: &Value,
-        status_only: bool,
-        dry_run: bool,
+        mode: WriteMode,
     ) -> Result<KeyValue, ApiError> {
         let mut last_error = None;
         for _ in 0..PATCH_RETRIES {
@@ -492,7 +620,7 @@ impl Registry {
             }
             let mut patched = patched;
             check_type_meta(info, &mut patched)?;
-            match self.write_update(info, current, patched, status_only, dry_run).await {
+            match self.write_update(info, current, patched, mode).await {
                 Err(ApiError::Conflict { .. }) if pinned.is_none() => {
                     last_error = Some(ApiError::conflict(info, name));
                 }
@@ -539,7 +667,10 @@ impl Registry {
                 )));
             }
             if object.pointer("/metadata/deletionTimestamp").is_none() {
-                metadata_mut(&mut object).insert("deletionTimestamp".into(), Value::String(objects::now_rfc3339()));
+                metadata_mut(&mut object).insert(
+                    "deletionTimestamp".into(),
+                    Value::String(objects::now_rfc3339()),
+                );
                 metadata_mut(&mut object).insert("deletionGracePeriodSeconds".into(), json!(0));
                 object["status"]["phase"] = json!("Terminating");
                 if options.dry_run {
@@ -558,16 +689,26 @@ impl Registry {
             _ => {}
         }
         wanted.dedup();
-        let graceful_pod = info.plural == "pods" && self.pod_needs_graceful_stop(&object, options).await?;
+        let graceful_pod =
+            info.plural == "pods" && self.pod_needs_graceful_stop(&object, options).await?;
         if !wanted.is_empty() || graceful_pod {
-            if object.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&object) == wanted {
+            if object.pointer("/metadata/deletionTimestamp").is_some()
+                && finalizers(&object) == wanted
+            {
                 return Ok(Deleted::Pending(object));
             }
-            let grace = if graceful_pod { self.pod_grace_seconds(&object, options) } else { 0 };
+            let grace = if graceful_pod {
+                self.pod_grace_seconds(&object, options)
+            } else {
+                0
+            };
             let metadata = metadata_mut(&mut object);
             if !metadata.contains_key("deletionTimestamp") {
                 let deadline = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
-                metadata.insert("deletionTimestamp".into(), Value::String(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                metadata.insert(
+                    "deletionTimestamp".into(),
+                    Value::String(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
                 metadata.insert("deletionGracePeriodSeconds".into(), json!(grace));
             }
             if !wanted.is_empty() {
@@ -584,17 +725,29 @@ impl Registry {
             return Ok(Deleted::Gone(object));
         }
         let is_service = info.plural == "services";
-        let mut allocations = if is_service { Some(self.allocations.lock().await) } else { None };
-        let op = WriteOp::Delete { key: current.key.clone(), precondition: Precondition::ModRevision(current.mod_revision) };
+        let mut allocations = if is_service {
+            Some(self.allocations.lock().await)
+        } else {
+            None
+        };
+        let op = WriteOp::Delete {
+            key: current.key.clone(),
+            precondition: Precondition::ModRevision(current.mod_revision),
+        };
         match self.store.write(op).await {
             Ok(written) => {
                 if let Some(allocations) = allocations.as_deref_mut() {
                     allocations.release_service(&object);
                 }
-                metadata_mut(&mut object).insert("resourceVersion".into(), Value::String(written.revision.to_string()));
+                metadata_mut(&mut object).insert(
+                    "resourceVersion".into(),
+                    Value::String(written.revision.to_string()),
+                );
                 Ok(Deleted::Gone(object))
             }
-            Err(StoreError::PreconditionFailed { current: None, .. }) => Err(ApiError::not_found(info, name)),
+            Err(StoreError::PreconditionFailed { current: None, .. }) => {
+                Err(ApiError::not_found(info, name))
+            }
             Err(StoreError::PreconditionFailed { .. }) => Err(ApiError::conflict(info, name)),
             Err(other) => Err(other.into()),
         }
@@ -602,48 +755,82 @@ impl Registry {
 
     /// A pod bound to a live node is stopped by that node's agent within its
     /// grace period; one that never reached a node can go at once.
-    async fn pod_needs_graceful_stop(&self, pod: &Value, options: &DeleteOptions) -> Result<bool, ApiError> {
-        let Some(node) = str_at(pod, "/spec/nodeName").filter(|n| !n.is_empty()) else { return Ok(false) };
+    async fn pod_needs_graceful_stop(
+        &self,
+        pod: &Value,
+        options: &DeleteOptions,
+    ) -> Result<bool, ApiError> {
+        let Some(node) = str_at(pod, "/spec/nodeName").filter(|n| !n.is_empty()) else {
+            return Ok(false);
+        };
         if self.pod_grace_seconds(pod, options) == 0 {
             return Ok(false);
         }
-        if matches!(str_at(pod, "/status/phase"), Some("Succeeded") | Some("Failed")) {
+        if matches!(
+            str_at(pod, "/status/phase"),
+            Some("Succeeded") | Some("Failed")
+        ) {
             return Ok(false);
         }
-        let nodes = resources::find("", "v1", "nodes").ok_or_else(|| ApiError::Internal("no nodes".into()))?;
+        let nodes = resources::find("", "v1", "nodes")
+            .ok_or_else(|| ApiError::Internal("no nodes".into()))?;
         Ok(self.store.get(&nodes.key(None, node)).await?.is_some())
     }
 
     fn pod_grace_seconds(&self, pod: &Value, options: &DeleteOptions) -> i64 {
         options
             .grace_period_seconds
-            .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
             .max(0)
     }
 
     /// Writes an already-prepared object over `current`, without the
     /// create/update rules (used for deletion bookkeeping).
-    pub async fn put_raw(&self, info: &ResourceInfo, current: &KeyValue, object: Value) -> Result<KeyValue, ApiError> {
-        let name = str_at(&object, "/metadata/name").unwrap_or_default().to_owned();
+    pub async fn put_raw(
+        &self,
+        info: &ResourceInfo,
+        current: &KeyValue,
+        object: Value,
+    ) -> Result<KeyValue, ApiError> {
+        let name = str_at(&object, "/metadata/name")
+            .unwrap_or_default()
+            .to_owned();
         let op = WriteOp::Put {
             key: current.key.clone(),
             value: objects::encode(object)?,
             precondition: Precondition::ModRevision(current.mod_revision),
         };
         match self.store.write(op).await {
-            Ok(written) => written.current.ok_or_else(|| ApiError::Internal("store returned no value".into())),
+            Ok(written) => written
+                .current
+                .ok_or_else(|| ApiError::Internal("store returned no value".into())),
             Err(StoreError::PreconditionFailed { .. }) => Err(ApiError::conflict(info, &name)),
             Err(other) => Err(other.into()),
         }
     }
 
     /// Removes one finalizer from an object, deleting it if none remain.
-    pub async fn remove_finalizer(&self, info: &ResourceInfo, kv: &KeyValue, finalizer: &str) -> Result<(), ApiError> {
+    pub async fn remove_finalizer(
+        &self,
+        info: &ResourceInfo,
+        kv: &KeyValue,
+        finalizer: &str,
+    ) -> Result<(), ApiError> {
         let mut object = objects::value(kv)?;
-        let remaining: Vec<String> = finalizers(&object).into_iter().filter(|f| f != finalizer).collect();
-        let op = if remaining.is_empty() && object.pointer("/metadata/deletionTimestamp").is_some() {
-            WriteOp::Delete { key: kv.key.clone(), precondition: Precondition::ModRevision(kv.mod_revision) }
+        let remaining: Vec<String> = finalizers(&object)
+            .into_iter()
+            .filter(|f| f != finalizer)
+            .collect();
+        let op = if remaining.is_empty() && object.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            WriteOp::Delete {
+                key: kv.key.clone(),
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            }
         } else {
             metadata_mut(&mut object).insert("finalizers".into(), json!(remaining));
             WriteOp::Put {
@@ -653,7 +840,11 @@ impl Registry {
             }
         };
         let deleting = matches!(op, WriteOp::Delete { .. });
-        let mut allocations = if deleting && info.plural == "services" { Some(self.allocations.lock().await) } else { None };
+        let mut allocations = if deleting && info.plural == "services" {
+            Some(self.allocations.lock().await)
+        } else {
+            None
+        };
         match self.store.write(op).await {
             Ok(_) => {
                 if let Some(allocations) = allocations.as_deref_mut() {
@@ -661,7 +852,10 @@ impl Registry {
                 }
                 Ok(())
             }
-            Err(StoreError::PreconditionFailed { .. }) => Err(ApiError::conflict(info, str_at(&object, "/metadata/name").unwrap_or_default())),
+            Err(StoreError::PreconditionFailed { .. }) => Err(ApiError::conflict(
+                info,
+                str_at(&object, "/metadata/name").unwrap_or_default(),
+            )),
             Err(other) => Err(other.into()),
         }
     }
@@ -671,8 +865,12 @@ impl Registry {
 /// body meant for another resource.
 fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
     let expected_version = info.api_version();
-    let api_version = str_at(object, "/apiVersion").filter(|v| !v.is_empty()).map(str::to_owned);
-    let kind = str_at(object, "/kind").filter(|k| !k.is_empty()).map(str::to_owned);
+    let api_version = str_at(object, "/apiVersion")
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let kind = str_at(object, "/kind")
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
     if let Some(api_version) = &api_version {
         if *api_version != expected_version {
             return Err(ApiError::BadRequest(format!(
@@ -695,32 +893,45 @@ fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiErr
 }
 
 /// Applies a patch document of the given type to `original`.
-pub fn apply_patch(info: &ResourceInfo, original: &Value, patch_type: PatchType, patch: &Value) -> Result<Value, ApiError> {
+pub fn apply_patch(
+    info: &ResourceInfo,
+    original: &Value,
+    patch_type: PatchType,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     match patch_type {
         PatchType::Json => {
-            let operations: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|error| ApiError::BadRequest(format!("the JSON patch is malformed: {error}")))?;
-            let mut patched = original.clone();
-            json_patch::patch(&mut patched, &operations)
-                .map_err(|error| ApiError::Invalid {
-                    message: format!("the JSON patch could not be applied: {error}"),
-                    name: str_at(original, "/metadata/name").unwrap_or_default().into(),
-                    kind: info.kind.into(),
-                    group: info.group.into(),
-                    causes: Vec::new(),
+            let operations: json_patch::Patch =
+                serde_json::from_value(patch.clone()).map_err(|error| {
+                    ApiError::BadRequest(format!("the JSON patch is malformed: {error}"))
                 })?;
+            let mut patched = original.clone();
+            json_patch::patch(&mut patched, &operations).map_err(|error| ApiError::Invalid {
+                message: format!("the JSON patch could not be applied: {error}"),
+                name: str_at(original, "/metadata/name")
+                    .unwrap_or_default()
+                    .into(),
+                kind: info.kind.into(),
+                group: info.group.into(),
+                causes: Vec::new(),
+            })?;
             Ok(patched)
         }
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+                return Err(ApiError::BadRequest(
+                    "a merge patch must be a JSON object".into(),
+                ));
             }
             let mut patched = original.clone();
             json_patch::merge(&mut patched, patch);
             Ok(patched)
         }
-        PatchType::Strategic => strategic::apply(original, patch, info.kind)
-            .map_err(|error| ApiError::BadRequest(format!("the strategic merge patch could not be applied: {error}"))),
+        PatchType::Strategic => strategic::apply(original, patch, info.kind).map_err(|error| {
+            ApiError::BadRequest(format!(
+                "the strategic merge patch could not be applied: {error}"
+            ))
+        }),
     }
 }
 
@@ -732,13 +943,22 @@ pub fn scale_of(info: &ResourceInfo, object: &Value) -> Result<Value, ApiError> 
             .and_then(Value::as_object)
             .map(|map| LabelSelector::from_map(map).map(|s| s.to_string()))
             .transpose(),
-        _ => object.pointer("/spec/selector").map(|s| LabelSelector::from_api(s).map(|s| s.to_string())).transpose(),
+        _ => object
+            .pointer("/spec/selector")
+            .map(|s| LabelSelector::from_api(s).map(|s| s.to_string()))
+            .transpose(),
     }
     .map_err(|error| ApiError::Internal(format!("stored selector is invalid: {error}")))?
     .unwrap_or_default();
     let metadata = object.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let mut scale_metadata = json!({});
-    for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(value) = metadata.get(field) {
             scale_metadata[field] = value.clone();
         }
@@ -756,13 +976,27 @@ pub fn scale_of(info: &ResourceInfo, object: &Value) -> Result<Value, ApiError> 
 }
 
 /// Validates a Scale and returns the replicas it asks for.
-pub fn replicas_from_scale(info: &ResourceInfo, name: &str, scale: &Value) -> Result<i64, ApiError> {
+pub fn replicas_from_scale(
+    info: &ResourceInfo,
+    name: &str,
+    scale: &Value,
+) -> Result<i64, ApiError> {
     match scale.pointer("/spec/replicas") {
         Some(Value::Number(number)) => match number.as_i64() {
             Some(replicas) if replicas >= 0 && replicas <= i64::from(i32::MAX) => Ok(replicas),
-            _ => Err(ApiError::invalid(info, name, vec![FieldError::invalid("spec.replicas", number, "must be greater than or equal to 0")])),
+            _ => Err(ApiError::invalid(
+                info,
+                name,
+                vec![FieldError::invalid(
+                    "spec.replicas",
+                    number,
+                    "must be greater than or equal to 0",
+                )],
+            )),
         },
         None | Some(Value::Null) => Ok(0),
-        Some(other) => Err(ApiError::BadRequest(format!("Scale spec.replicas must be an integer, got {other}"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "Scale spec.replicas must be an integer, got {other}"
+        ))),
     }
 }

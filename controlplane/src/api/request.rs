@@ -65,14 +65,20 @@ impl Query {
         let mut params: HashMap<String, Vec<String>> = HashMap::new();
         if let Some(query) = query {
             for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-                params.entry(key.into_owned()).or_default().push(value.into_owned());
+                params
+                    .entry(key.into_owned())
+                    .or_default()
+                    .push(value.into_owned());
             }
         }
         Query { params }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.get(key).and_then(|values| values.first()).map(String::as_str)
+        self.params
+            .get(key)
+            .and_then(|values| values.first())
+            .map(String::as_str)
     }
 
     pub fn all(&self, key: &str) -> &[String] {
@@ -95,19 +101,33 @@ fn not_found() -> ApiError {
 
 /// Parses the method and path of a request.
 pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<ApiRequest, ApiError> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segments.as_slice() {
         ["healthz"] | ["readyz"] | ["livez"] => return Ok(ApiRequest::Health),
         ["healthz" | "readyz" | "livez", ..] => return Ok(ApiRequest::Health),
         ["version"] => return Ok(ApiRequest::Version),
-        ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] | ["swagger.json"] => return Ok(ApiRequest::OpenApiV2),
+        ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] | ["swagger.json"] => {
+            return Ok(ApiRequest::OpenApiV2)
+        }
         ["openapi", "v3", ..] => return Ok(ApiRequest::OpenApiV3),
         ["api"] => return Ok(ApiRequest::CoreVersions),
         ["apis"] => return Ok(ApiRequest::GroupList),
-        ["api", version] => return Ok(ApiRequest::ResourceList { group: String::new(), version: version.to_string() }),
+        ["api", version] => {
+            return Ok(ApiRequest::ResourceList {
+                group: String::new(),
+                version: version.to_string(),
+            })
+        }
         ["apis", group] => return Ok(ApiRequest::Group(group.to_string())),
         ["apis", group, version] => {
-            return Ok(ApiRequest::ResourceList { group: group.to_string(), version: version.to_string() })
+            return Ok(ApiRequest::ResourceList {
+                group: group.to_string(),
+                version: version.to_string(),
+            })
         }
         _ => {}
     }
@@ -121,7 +141,9 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<ApiRequ
     // `namespaces/{ns}/{resource}/...` addresses namespaced resources;
     // `namespaces/{name}[/status]` is the Namespace object itself.
     let target = match rest {
-        ["namespaces", namespace, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") || !tail.is_empty() => {
+        ["namespaces", namespace, plural, tail @ ..]
+            if !matches!(*plural, "status" | "finalize") || !tail.is_empty() =>
+        {
             let info = lookup(plural)?;
             if !info.namespaced {
                 return Err(not_found());
@@ -159,16 +181,28 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<ApiRequ
     Ok(ApiRequest::Resource { verb, target })
 }
 
-fn target(info: &'static ResourceInfo, namespace: Option<String>, tail: &[&str]) -> Result<Target, ApiError> {
+fn target(
+    info: &'static ResourceInfo,
+    namespace: Option<String>,
+    tail: &[&str],
+) -> Result<Target, ApiError> {
     let (name, subresource) = match tail {
         [] => (None, None),
         [name] => (Some(name.to_string()), None),
         [name, "status"] => (Some(name.to_string()), Some(SubresourcePath::Status)),
         [name, "scale"] => (Some(name.to_string()), Some(SubresourcePath::Scale)),
-        [name, other] => (Some(name.to_string()), Some(SubresourcePath::Other(other.to_string()))),
+        [name, other] => (
+            Some(name.to_string()),
+            Some(SubresourcePath::Other(other.to_string())),
+        ),
         _ => return Err(not_found()),
     };
-    Ok(Target { info, namespace, name, subresource })
+    Ok(Target {
+        info,
+        namespace,
+        name,
+        subresource,
+    })
 }
 
 #[cfg(test)]
@@ -187,23 +221,40 @@ mod tests {
     fn namespaced_paths() {
         let (verb, target) = resource(Method::GET, "/api/v1/namespaces/default/pods", "limit=500");
         assert_eq!(verb, Verb::List);
-        assert_eq!((target.info.plural, target.namespace.as_deref()), ("pods", Some("default")));
+        assert_eq!(
+            (target.info.plural, target.namespace.as_deref()),
+            ("pods", Some("default"))
+        );
 
-        let (verb, target) = resource(Method::PATCH, "/apis/apps/v1/namespaces/ns1/deployments/web/scale", "");
+        let (verb, target) = resource(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/ns1/deployments/web/scale",
+            "",
+        );
         assert_eq!(verb, Verb::Patch);
         assert_eq!(target.name.as_deref(), Some("web"));
         assert_eq!(target.subresource, Some(SubresourcePath::Scale));
 
-        let (verb, _) = resource(Method::GET, "/api/v1/namespaces/default/pods", "watch=true&resourceVersion=5");
+        let (verb, _) = resource(
+            Method::GET,
+            "/api/v1/namespaces/default/pods",
+            "watch=true&resourceVersion=5",
+        );
         assert_eq!(verb, Verb::Watch);
     }
 
     #[test]
     fn namespace_objects_versus_namespaced_collections() {
         let (verb, target) = resource(Method::GET, "/api/v1/namespaces/kube-system", "");
-        assert_eq!((verb, target.info.plural, target.name.as_deref()), (Verb::Get, "namespaces", Some("kube-system")));
+        assert_eq!(
+            (verb, target.info.plural, target.name.as_deref()),
+            (Verb::Get, "namespaces", Some("kube-system"))
+        );
         let (_, target) = resource(Method::PUT, "/api/v1/namespaces/x/status", "");
-        assert_eq!((target.info.plural, target.subresource), ("namespaces", Some(SubresourcePath::Status)));
+        assert_eq!(
+            (target.info.plural, target.subresource),
+            ("namespaces", Some(SubresourcePath::Status))
+        );
         let (verb, target) = resource(Method::GET, "/api/v1/pods", "");
         assert_eq!((verb, target.namespace), (Verb::List, None));
     }
@@ -211,14 +262,31 @@ mod tests {
     #[test]
     fn unknown_resources_and_methods() {
         let query = Query::default();
-        assert_eq!(parse(&Method::GET, "/api/v1/widgets", &query).expect_err("unknown").code(), 404);
-        assert_eq!(parse(&Method::GET, "/apis/apps/v2/deployments", &query).expect_err("version").code(), 404);
-        assert_eq!(parse(&Method::PUT, "/api/v1/namespaces/default/pods", &query).expect_err("method").code(), 405);
+        assert_eq!(
+            parse(&Method::GET, "/api/v1/widgets", &query)
+                .expect_err("unknown")
+                .code(),
+            404
+        );
+        assert_eq!(
+            parse(&Method::GET, "/apis/apps/v2/deployments", &query)
+                .expect_err("version")
+                .code(),
+            404
+        );
+        assert_eq!(
+            parse(&Method::PUT, "/api/v1/namespaces/default/pods", &query)
+                .expect_err("method")
+                .code(),
+            405
+        );
     }
 
     #[test]
     fn query_decoding_turns_plus_into_space() {
-        let query = Query::parse(Some("labelSelector=name+in+%28a%2C+b%29&command=ls&command=-l"));
+        let query = Query::parse(Some(
+            "labelSelector=name+in+%28a%2C+b%29&command=ls&command=-l",
+        ));
         assert_eq!(query.get("labelSelector"), Some("name in (a, b)"));
         assert_eq!(query.all("command"), ["ls", "-l"]);
     }

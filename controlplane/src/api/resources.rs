@@ -57,9 +57,15 @@ impl ResourceInfo {
 
     /// The storage prefix for a collection, optionally one namespace of it.
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         match namespace {
-            Some(namespace) if self.namespaced => format!("/registry/{group}/{}/{namespace}/", self.plural),
+            Some(namespace) if self.namespaced => {
+                format!("/registry/{group}/{}/{namespace}/", self.plural)
+            }
             _ => format!("/registry/{group}/{}/", self.plural),
         }
     }
@@ -69,7 +75,9 @@ impl ResourceInfo {
     }
 
     pub fn supports_field(&self, field: &str) -> bool {
-        field == "metadata.name" || (field == "metadata.namespace" && self.namespaced) || self.field_labels.contains(&field)
+        field == "metadata.name"
+            || (field == "metadata.namespace" && self.namespaced)
+            || self.field_labels.contains(&field)
     }
 }
 
@@ -272,12 +280,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
 
 /// Finds a resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|info| info.group == group && info.version == version && info.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|info| info.group == group && info.version == version && info.plural == plural)
 }
 
 /// Finds a resource by its kind and apiVersion, as written in an object.
 pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|info| info.kind == kind && info.api_version() == api_version)
+    RESOURCES
+        .iter()
+        .find(|info| info.kind == kind && info.api_version() == api_version)
 }
 
 /// The groups other than core, each with its one served version.
@@ -293,13 +305,25 @@ pub fn groups() -> Vec<(&'static str, &'static str)> {
 
 fn verbs(info: &ResourceInfo) -> Vec<&'static str> {
     let _ = info;
-    vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
 }
 
 /// `APIResourceList` for one group-version.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for info in RESOURCES.iter().filter(|info| info.group == group && info.version == version) {
+    for info in RESOURCES
+        .iter()
+        .filter(|info| info.group == group && info.version == version)
+    {
         let mut entry = json!({
             "name": info.plural,
             "singularName": info.singular,
@@ -349,7 +373,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -369,7 +397,10 @@ fn group_document(group: &str, version: &str) -> Value {
 
 /// `APIGroupList` for `/apis`.
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups().into_iter().map(|(group, version)| group_document(group, version)).collect();
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .map(|(group, version)| group_document(group, version))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -403,12 +434,21 @@ mod tests {
         for list in [&core, &apps] {
             for entry in list["resources"].as_array().expect("resources") {
                 if let Some(names) = entry["shortNames"].as_array() {
-                    short_names.extend(names.iter().filter_map(|name| name.as_str().map(str::to_owned)));
+                    short_names.extend(
+                        names
+                            .iter()
+                            .filter_map(|name| name.as_str().map(str::to_owned)),
+                    );
                 }
             }
         }
-        for expected in ["po", "svc", "rc", "deploy", "rs", "ds", "no", "ns", "ep", "ev"] {
-            assert!(short_names.iter().any(|name| name == expected), "missing shortName {expected}");
+        for expected in [
+            "po", "svc", "rc", "deploy", "rs", "ds", "no", "ns", "ep", "ev",
+        ] {
+            assert!(
+                short_names.iter().any(|name| name == expected),
+                "missing shortName {expected}"
+            );
         }
     }
 
@@ -417,7 +457,10 @@ mod tests {
         let core = resource_list("", "v1").expect("core");
         let scale = core["resources"]
             .as_array()
-            .and_then(|list| list.iter().find(|entry| entry["name"] == "replicationcontrollers/scale"))
+            .and_then(|list| {
+                list.iter()
+                    .find(|entry| entry["name"] == "replicationcontrollers/scale")
+            })
             .expect("rc scale entry");
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
@@ -426,10 +469,21 @@ mod tests {
     #[test]
     fn keys_separate_namespaces_and_groups() {
         let pods = find("", "v1", "pods").expect("pods");
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
         let nodes = find("", "v1", "nodes").expect("nodes");
         assert_eq!(nodes.key(Some("ignored"), "n1"), "/registry/core/nodes/n1");
-        assert_eq!(find_kind("apps/v1", "Deployment").map(|info| info.plural), Some("deployments"));
-        assert_eq!(find("apps", "v1", "deployments").map(|info| info.qualified_name()).as_deref(), Some("deployments.apps"));
+        assert_eq!(
+            find_kind("apps/v1", "Deployment").map(|info| info.plural),
+            Some("deployments")
+        );
+        assert_eq!(
+            find("apps", "v1", "deployments")
+                .map(|info| info.qualified_name())
+                .as_deref(),
+            Some("deployments.apps")
+        );
     }
 }

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Endpoints, Event, Namespace, Node, Pod, PodSpec, PodTemplateSpec, ReplicationController,
-    Secret, Service, Toleration,
+    ConfigMap, Container, Endpoints, Event, Namespace, Node, Pod, PodSpec, PodTemplateSpec,
+    ReplicationController, Secret, Service, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,7 +45,8 @@ pub fn decode<T: DeserializeOwned>(info: &ResourceInfo, object: Value) -> Result
 }
 
 fn encode<T: Serialize>(typed: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(typed).map_err(|error| ApiError::Internal(format!("cannot encode object: {error}")))
+    serde_json::to_value(typed)
+        .map_err(|error| ApiError::Internal(format!("cannot encode object: {error}")))
 }
 
 /// Decodes into `T`, lets `rules` default and validate it, and encodes the
@@ -63,8 +64,16 @@ fn typed<T: DeserializeOwned + Serialize>(
 
 /// Defaults and validates a whole object (metadata has already been
 /// prepared by the caller). `old` is the stored object on update.
-pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Value>) -> Result<Value, ApiError> {
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+pub fn default_and_validate(
+    info: &ResourceInfo,
+    object: Value,
+    old: Option<&Value>,
+) -> Result<Value, ApiError> {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let mut errors = validate_metadata(info, &object);
     let (object, kind_errors) = match info.kind {
         "Pod" => typed::<Pod>(info, object, |pod, errors| {
@@ -84,13 +93,24 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
             let spec = rc.spec.get_or_insert_with(Default::default);
             spec.replicas.get_or_insert(1);
             spec.min_ready_seconds.get_or_insert(0);
-            let template_labels =
-                spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
-            if spec.selector.as_ref().is_none_or(|selector| selector.is_empty()) {
+            let template_labels = spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone());
+            if spec
+                .selector
+                .as_ref()
+                .is_none_or(|selector| selector.is_empty())
+            {
                 spec.selector = template_labels.clone();
             }
             let metadata = &mut rc.metadata;
-            if metadata.labels.as_ref().is_none_or(|labels| labels.is_empty()) {
+            if metadata
+                .labels
+                .as_ref()
+                .is_none_or(|labels| labels.is_empty())
+            {
                 metadata.labels = template_labels;
             }
             validate_replicas(spec.replicas, errors);
@@ -100,10 +120,15 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
             }
             match spec.template.as_mut() {
                 Some(template) => {
-                    let parsed = labels::LabelSelector::from_map(&to_map(&selector)).unwrap_or_else(|error| {
-                        errors.push(FieldError::invalid("spec.selector", format!("{selector:?}"), error.to_string()));
-                        labels::LabelSelector::everything()
-                    });
+                    let parsed = labels::LabelSelector::from_map(&to_map(&selector))
+                        .unwrap_or_else(|error| {
+                            errors.push(FieldError::invalid(
+                                "spec.selector",
+                                format!("{selector:?}"),
+                                error.to_string(),
+                            ));
+                            labels::LabelSelector::everything()
+                        });
                     validate_template(template, "spec.template", &parsed, errors)
                 }
                 None => errors.push(FieldError::required("spec.template", "")),
@@ -114,7 +139,8 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
             spec.replicas.get_or_insert(1);
             spec.min_ready_seconds.get_or_insert(0);
             validate_replicas(spec.replicas, errors);
-            let selector = validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
+            let selector =
+                validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
             match spec.template.as_mut() {
                 Some(template) => validate_template(template, "spec.template", &selector, errors),
                 None => errors.push(FieldError::required("spec.template", "")),
@@ -127,12 +153,19 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
             spec.progress_deadline_seconds.get_or_insert(600);
             spec.min_ready_seconds.get_or_insert(0);
             let strategy = spec.strategy.get_or_insert_with(Default::default);
-            let strategy_type = strategy.type_.get_or_insert_with(|| "RollingUpdate".into()).clone();
+            let strategy_type = strategy
+                .type_
+                .get_or_insert_with(|| "RollingUpdate".into())
+                .clone();
             match strategy_type.as_str() {
                 "RollingUpdate" => {
                     let rolling = strategy.rolling_update.get_or_insert_with(Default::default);
-                    rolling.max_surge.get_or_insert(IntOrString::String("25%".into()));
-                    rolling.max_unavailable.get_or_insert(IntOrString::String("25%".into()));
+                    rolling
+                        .max_surge
+                        .get_or_insert(IntOrString::String("25%".into()));
+                    rolling
+                        .max_unavailable
+                        .get_or_insert(IntOrString::String("25%".into()));
                 }
                 "Recreate" => {
                     if strategy.rolling_update.is_some() {
@@ -142,12 +175,15 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
                         ));
                     }
                 }
-                other => {
-                    errors.push(FieldError::not_supported("spec.strategy.type", other, &["Recreate", "RollingUpdate"]))
-                }
+                other => errors.push(FieldError::not_supported(
+                    "spec.strategy.type",
+                    other,
+                    &["Recreate", "RollingUpdate"],
+                )),
             }
             validate_replicas(spec.replicas, errors);
-            let selector = validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
+            let selector =
+                validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
             validate_template(&mut spec.template, "spec.template", &selector, errors);
         })?,
         "DaemonSet" => typed::<DaemonSet>(info, object, |daemonset, errors| {
@@ -160,34 +196,49 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
                 rolling.max_unavailable.get_or_insert(IntOrString::Int(1));
                 rolling.max_surge.get_or_insert(IntOrString::Int(0));
             }
-            let selector = validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
+            let selector =
+                validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
             validate_template(&mut spec.template, "spec.template", &selector, errors);
         })?,
         "Job" => {
-            let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let uid = object
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             typed::<Job>(info, object, |job, errors| {
                 let name = job.metadata.name.clone().unwrap_or_default();
                 let spec = job.spec.get_or_insert_with(Default::default);
                 spec.parallelism.get_or_insert(1);
                 spec.completions.get_or_insert(1);
                 spec.backoff_limit.get_or_insert(6);
-                spec.completion_mode.get_or_insert_with(|| "NonIndexed".into());
+                spec.completion_mode
+                    .get_or_insert_with(|| "NonIndexed".into());
                 spec.suspend.get_or_insert(false);
                 if !spec.manual_selector.unwrap_or(false) && spec.selector.is_none() {
                     // The Job controller finds its pods through a label
                     // that no other object can carry: the Job's own uid.
                     let generated: BTreeMap<String, String> =
                         [("batch.kubernetes.io/controller-uid".to_owned(), uid.clone())].into();
-                    spec.selector = Some(LabelSelector { match_labels: Some(generated), ..Default::default() });
-                    let template_labels =
-                        spec.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+                    spec.selector = Some(LabelSelector {
+                        match_labels: Some(generated),
+                        ..Default::default()
+                    });
+                    let template_labels = spec
+                        .template
+                        .metadata
+                        .get_or_insert_with(Default::default)
+                        .labels
+                        .get_or_insert_with(Default::default);
                     for (key, value) in [
                         ("batch.kubernetes.io/controller-uid", uid.as_str()),
                         ("controller-uid", uid.as_str()),
                         ("batch.kubernetes.io/job-name", name.as_str()),
                         ("job-name", name.as_str()),
                     ] {
-                        template_labels.entry(key.to_owned()).or_insert_with(|| value.to_owned());
+                        template_labels
+                            .entry(key.to_owned())
+                            .or_insert_with(|| value.to_owned());
                     }
                 }
                 for (field, value) in [
@@ -196,11 +247,19 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
                     ("spec.backoffLimit", spec.backoff_limit),
                 ] {
                     if let Some(value) = value.filter(|value| *value < 0) {
-                        errors.push(FieldError::invalid(field, value, "must be greater than or equal to 0"));
+                        errors.push(FieldError::invalid(
+                            field,
+                            value,
+                            "must be greater than or equal to 0",
+                        ));
                     }
                 }
                 let selector = validate_label_selector(&spec.selector, "spec.selector", errors);
-                let restart = spec.template.spec.as_ref().and_then(|s| s.restart_policy.clone());
+                let restart = spec
+                    .template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.clone());
                 validate_template(&mut spec.template, "spec.template", &selector, errors);
                 if !matches!(restart.as_deref(), Some("Never") | Some("OnFailure")) {
                     errors.push(FieldError {
@@ -229,10 +288,20 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
         "ConfigMap" => typed::<ConfigMap>(info, object, |config_map, errors| {
             let mut size = 0;
             for (field, keys) in [
-                ("data", config_map.data.as_ref().map(|d| d.iter().map(|(k, v)| (k.clone(), v.len())).collect::<Vec<_>>())),
+                (
+                    "data",
+                    config_map.data.as_ref().map(|d| {
+                        d.iter()
+                            .map(|(k, v)| (k.clone(), v.len()))
+                            .collect::<Vec<_>>()
+                    }),
+                ),
                 (
                     "binaryData",
-                    config_map.binary_data.as_ref().map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.len())).collect()),
+                    config_map
+                        .binary_data
+                        .as_ref()
+                        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.len())).collect()),
                 ),
             ] {
                 for (key, length) in keys.unwrap_or_default() {
@@ -290,19 +359,28 @@ pub fn default_and_validate(info: &ResourceInfo, object: Value, old: Option<&Val
 }
 
 fn to_map(selector: &BTreeMap<String, String>) -> serde_json::Map<String, Value> {
-    selector.iter().map(|(key, value)| (key.clone(), Value::String(value.clone()))).collect()
+    selector
+        .iter()
+        .map(|(key, value)| (key.clone(), Value::String(value.clone())))
+        .collect()
 }
 
 fn validate_replicas(replicas: Option<i32>, errors: &mut Errors) {
     if let Some(replicas) = replicas.filter(|replicas| *replicas < 0) {
-        errors.push(FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0"));
+        errors.push(FieldError::invalid(
+            "spec.replicas",
+            replicas,
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
 fn validate_data_key(field: &str, key: &str, errors: &mut Errors) {
     let valid = !key.is_empty()
         && key.len() <= 253
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && key != "."
         && key != "..";
     if !valid {
@@ -316,7 +394,11 @@ fn validate_data_key(field: &str, key: &str, errors: &mut Errors) {
 
 /// Checks a metav1.LabelSelector and returns it parsed (an empty selector
 /// if it is unusable, so that template checks can still run).
-fn validate_label_selector(selector: &Option<LabelSelector>, field: &str, errors: &mut Errors) -> labels::LabelSelector {
+fn validate_label_selector(
+    selector: &Option<LabelSelector>,
+    field: &str,
+    errors: &mut Errors,
+) -> labels::LabelSelector {
     let Some(selector) = selector else {
         errors.push(FieldError::required(field, ""));
         return labels::LabelSelector::everything();
@@ -324,7 +406,11 @@ fn validate_label_selector(selector: &Option<LabelSelector>, field: &str, errors
     let as_json = serde_json::to_value(selector).unwrap_or(Value::Null);
     match labels::LabelSelector::from_api(&as_json) {
         Ok(parsed) if parsed.is_empty() => {
-            errors.push(FieldError::invalid(field, "{}", "empty selector is invalid for deployment"));
+            errors.push(FieldError::invalid(
+                field,
+                "{}",
+                "empty selector is invalid for deployment",
+            ));
             parsed
         }
         Ok(parsed) => parsed,
@@ -343,7 +429,11 @@ fn validate_template(
     selector: &labels::LabelSelector,
     errors: &mut Errors,
 ) {
-    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     if !selector.is_empty() && !selector.matches(&to_map(&labels)) {
         let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}:{v}")).collect();
         errors.push(FieldError::invalid(
@@ -372,9 +462,15 @@ fn validate_label(field: &str, key: &str, value: &str, errors: &mut Errors) {
 /// Metadata rules common to every kind.
 fn validate_metadata(info: &ResourceInfo, object: &Value) -> Errors {
     let mut errors = Vec::new();
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if name.is_empty() {
-        errors.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errors.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         // Names that become DNS labels (namespaces, services) are stricter.
         let messages = match info.plural {
@@ -386,15 +482,25 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Errors {
             errors.push(FieldError::invalid("metadata.name", name, message));
         }
     }
-    if let Some(labels) = object.pointer("/metadata/labels").and_then(Value::as_object) {
+    if let Some(labels) = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+    {
         for (key, value) in labels {
             match value.as_str() {
                 Some(value) => validate_label("metadata.labels", key, value, &mut errors),
-                None => errors.push(FieldError::invalid("metadata.labels", key, "label values must be strings")),
+                None => errors.push(FieldError::invalid(
+                    "metadata.labels",
+                    key,
+                    "label values must be strings",
+                )),
             }
         }
     }
-    if let Some(annotations) = object.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(annotations) = object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         let mut total = 0;
         for (key, value) in annotations {
             for message in names::is_qualified_name(&key.to_lowercase()) {
@@ -420,22 +526,31 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
     spec.security_context.get_or_insert_with(Default::default);
     spec.enable_service_links.get_or_insert(true);
-    spec.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+    spec.preemption_policy
+        .get_or_insert_with(|| "PreemptLowerPriority".into());
     spec.priority.get_or_insert(0);
     if spec.service_account_name.is_none() {
         spec.service_account_name = Some("default".into());
         spec.service_account = Some("default".into());
     }
-    for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+    for container in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
         default_container(container);
     }
     // DefaultTolerationSeconds: pods ride out a short node outage for five
     // minutes before being evicted.
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
             tolerations.push(Toleration {
                 key: Some(key.into()),
@@ -466,8 +581,12 @@ fn default_container(container: &mut Container) {
         let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
         container.image_pull_policy = Some(if latest { "Always" } else { "IfNotPresent" }.into());
     }
-    container.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    container.termination_message_policy.get_or_insert_with(|| "File".into());
+    container
+        .termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    container
+        .termination_message_policy
+        .get_or_insert_with(|| "File".into());
     container.resources.get_or_insert_with(Default::default);
     for port in container.ports.iter_mut().flatten() {
         port.protocol.get_or_insert_with(|| "TCP".into());
@@ -479,29 +598,50 @@ fn validate_pod_spec(spec: &PodSpec, field: &str, errors: &mut Errors) {
         errors.push(FieldError::required(format!("{field}.containers"), ""));
     }
     let mut seen = BTreeSet::new();
-    let groups = [("containers", &spec.containers[..]), ("initContainers", spec.init_containers.as_deref().unwrap_or(&[]))];
+    let groups = [
+        ("containers", &spec.containers[..]),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
+    ];
     for (list, containers) in groups {
         for (index, container) in containers.iter().enumerate() {
             let path = format!("{field}.{list}[{index}]");
             validate_container(container, &path, errors);
             if !container.name.is_empty() && !seen.insert(container.name.clone()) {
-                errors.push(FieldError::duplicate(format!("{path}.name"), &container.name));
+                errors.push(FieldError::duplicate(
+                    format!("{path}.name"),
+                    &container.name,
+                ));
             }
         }
     }
     if let Some(policy) = spec.restart_policy.as_deref() {
         if !matches!(policy, "Always" | "OnFailure" | "Never") {
-            errors.push(FieldError::not_supported(format!("{field}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+            errors.push(FieldError::not_supported(
+                format!("{field}.restartPolicy"),
+                policy,
+                &["Always", "OnFailure", "Never"],
+            ));
         }
     }
     if let Some(policy) = spec.dns_policy.as_deref() {
         let allowed = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
         if !allowed.contains(&policy) {
-            errors.push(FieldError::not_supported(format!("{field}.dnsPolicy"), policy, &allowed));
+            errors.push(FieldError::not_supported(
+                format!("{field}.dnsPolicy"),
+                policy,
+                &allowed,
+            ));
         }
     }
     if let Some(seconds) = spec.termination_grace_period_seconds.filter(|s| *s < 0) {
-        errors.push(FieldError::invalid(format!("{field}.terminationGracePeriodSeconds"), seconds, "must be >= 0"));
+        errors.push(FieldError::invalid(
+            format!("{field}.terminationGracePeriodSeconds"),
+            seconds,
+            "must be >= 0",
+        ));
     }
     let mut volume_names = BTreeSet::new();
     for (index, volume) in spec.volumes.iter().flatten().enumerate() {
@@ -513,11 +653,18 @@ fn validate_pod_spec(spec: &PodSpec, field: &str, errors: &mut Errors) {
             errors.push(FieldError::duplicate(&path, &volume.name));
         }
     }
-    for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
             if !volume_names.contains(&mount.name) {
                 errors.push(FieldError {
-                    field: format!("{field}.containers[{}].volumeMounts[{index}].name", container.name),
+                    field: format!(
+                        "{field}.containers[{}].volumeMounts[{index}].name",
+                        container.name
+                    ),
                     kind: super::errors::FieldErrorKind::NotSupported,
                     detail: "must match the name of a volume".into(),
                     value: Some(mount.name.clone()),
@@ -532,10 +679,20 @@ fn validate_container(container: &Container, path: &str, errors: &mut Errors) {
         errors.push(FieldError::required(format!("{path}.name"), ""));
     } else {
         for message in names::is_dns1123_label(&container.name) {
-            errors.push(FieldError::invalid(format!("{path}.name"), &container.name, message));
+            errors.push(FieldError::invalid(
+                format!("{path}.name"),
+                &container.name,
+                message,
+            ));
         }
     }
-    if container.image.as_deref().unwrap_or_default().trim().is_empty() {
+    if container
+        .image
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
         errors.push(FieldError::required(format!("{path}.image"), ""));
     }
     for (index, port) in container.ports.iter().flatten().enumerate() {
@@ -548,13 +705,20 @@ fn validate_container(container: &Container, path: &str, errors: &mut Errors) {
         }
         if let Some(protocol) = port.protocol.as_deref() {
             if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
-                errors.push(FieldError::not_supported(format!("{path}.ports[{index}].protocol"), protocol, &["SCTP", "TCP", "UDP"]));
+                errors.push(FieldError::not_supported(
+                    format!("{path}.ports[{index}].protocol"),
+                    protocol,
+                    &["SCTP", "TCP", "UDP"],
+                ));
             }
         }
     }
     for (index, variable) in container.env.iter().flatten().enumerate() {
         if variable.name.is_empty() {
-            errors.push(FieldError::required(format!("{path}.env[{index}].name"), ""));
+            errors.push(FieldError::required(
+                format!("{path}.env[{index}].name"),
+                "",
+            ));
         }
     }
 }
@@ -569,8 +733,11 @@ fn validate_pod_spec_update(new: &PodSpec, old: &Value, errors: &mut Errors) {
     for (mine, theirs) in comparable.containers.iter_mut().zip(old.containers.iter()) {
         mine.image = theirs.image.clone();
     }
-    for (mine, theirs) in
-        comparable.init_containers.iter_mut().flatten().zip(old.init_containers.iter().flatten())
+    for (mine, theirs) in comparable
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .zip(old.init_containers.iter().flatten())
     {
         mine.image = theirs.image.clone();
     }
@@ -592,7 +759,11 @@ fn validate_pod_spec_update(new: &PodSpec, old: &Value, errors: &mut Errors) {
 fn qos_class(spec: &PodSpec) -> &'static str {
     let mut any_set = false;
     let mut guaranteed = true;
-    for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for container in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         let resources = container.resources.clone().unwrap_or_default();
         let requests = resources.requests.unwrap_or_default();
         let limits = resources.limits.unwrap_or_default();
@@ -622,18 +793,27 @@ fn default_and_validate_service(service: &mut Service, errors: &mut Errors) {
     spec.session_affinity.get_or_insert_with(|| "None".into());
     let allowed = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
     if !allowed.contains(&service_type.as_str()) {
-        errors.push(FieldError::not_supported("spec.type", &service_type, &allowed));
+        errors.push(FieldError::not_supported(
+            "spec.type",
+            &service_type,
+            &allowed,
+        ));
     }
     if service_type != "ExternalName" {
-        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
         spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
-        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".into());
     }
     if matches!(service_type.as_str(), "NodePort" | "LoadBalancer") {
-        spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
     }
     if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let config = spec.session_affinity_config.get_or_insert_with(Default::default);
+        let config = spec
+            .session_affinity_config
+            .get_or_insert_with(Default::default);
         let client_ip = config.client_ip.get_or_insert_with(Default::default);
         client_ip.timeout_seconds.get_or_insert(10800);
     }
@@ -649,7 +829,11 @@ fn default_and_validate_service(service: &mut Service, errors: &mut Errors) {
         port.target_port.get_or_insert(IntOrString::Int(port.port));
         let path = format!("spec.ports[{index}]");
         if !(1..=65535).contains(&port.port) {
-            errors.push(FieldError::invalid(format!("{path}.port"), port.port, "must be between 1 and 65535, inclusive"));
+            errors.push(FieldError::invalid(
+                format!("{path}.port"),
+                port.port,
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         match port.name.as_deref() {
             Some(name) if !name.is_empty() => {
@@ -663,7 +847,8 @@ fn default_and_validate_service(service: &mut Service, errors: &mut Errors) {
             _ if many => errors.push(FieldError::required(format!("{path}.name"), "")),
             _ => {}
         }
-        if port.node_port.is_some() && !matches!(service_type.as_str(), "NodePort" | "LoadBalancer") {
+        if port.node_port.is_some() && !matches!(service_type.as_str(), "NodePort" | "LoadBalancer")
+        {
             errors.push(FieldError::forbidden(
                 format!("{path}.nodePort"),
                 "may not be used when `type` is 'ClusterIP'",
@@ -710,7 +895,9 @@ mod tests {
 
     fn causes(error: ApiError) -> Vec<String> {
         match error {
-            ApiError::Invalid { causes, .. } => causes.into_iter().map(|cause| cause.message()).collect(),
+            ApiError::Invalid { causes, .. } => {
+                causes.into_iter().map(|cause| cause.message()).collect()
+            }
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
@@ -722,18 +909,35 @@ mod tests {
         let stored = default_and_validate(info("", "pods"), pod, None).expect("valid");
         assert_eq!(stored["spec"]["restartPolicy"], "Always");
         assert_eq!(stored["spec"]["containers"][0]["imagePullPolicy"], "Always");
-        assert_eq!(stored["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(
+            stored["spec"]["containers"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
         assert_eq!(stored["status"]["phase"], "Pending");
         assert_eq!(stored["status"]["qosClass"], "BestEffort");
-        assert_eq!(stored["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            stored["spec"]["tolerations"].as_array().map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]
     fn a_pod_without_containers_or_with_a_bad_name_is_invalid() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name"}, "spec": {}});
-        let messages = causes(default_and_validate(info("", "pods"), pod, None).expect_err("invalid"));
-        assert!(messages.iter().any(|m| m.starts_with("metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain")), "{messages:?}");
-        assert!(messages.iter().any(|m| m == "spec.containers: Required value"), "{messages:?}");
+        let messages =
+            causes(default_and_validate(info("", "pods"), pod, None).expect_err("invalid"));
+        assert!(
+            messages.iter().any(|m| m.starts_with(
+                "metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"
+            )),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m == "spec.containers: Required value"),
+            "{messages:?}"
+        );
     }
 
     #[test]
@@ -741,7 +945,9 @@ mod tests {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": "nope"}});
         let error = default_and_validate(info("", "pods"), pod, None).expect_err("bad");
         assert_eq!(error.code(), 400);
-        assert!(error.to_string().starts_with("Pod in version \"v1\" cannot be handled as a Pod"));
+        assert!(error
+            .to_string()
+            .starts_with("Pod in version \"v1\" cannot be handled as a Pod"));
     }
 
     #[test]
@@ -749,7 +955,8 @@ mod tests {
         let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "fe"},
             "spec": {"template": {"metadata": {"labels": {"app": "fe"}},
                 "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
-        let stored = default_and_validate(info("", "replicationcontrollers"), rc, None).expect("valid");
+        let stored =
+            default_and_validate(info("", "replicationcontrollers"), rc, None).expect("valid");
         assert_eq!(stored["spec"]["selector"], json!({"app": "fe"}));
         assert_eq!(stored["metadata"]["labels"], json!({"app": "fe"}));
         assert_eq!(stored["spec"]["replicas"], 1);
@@ -760,8 +967,20 @@ mod tests {
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"selector": {"matchLabels": {"app": "x"}},
                 "template": {"metadata": {"labels": {"app": "y"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        let messages = causes(default_and_validate(find("apps", "v1", "deployments").expect("d"), deployment, None).expect_err("invalid"));
-        assert!(messages.iter().any(|m| m.contains("`selector` does not match template `labels`")), "{messages:?}");
+        let messages = causes(
+            default_and_validate(
+                find("apps", "v1", "deployments").expect("d"),
+                deployment,
+                None,
+            )
+            .expect_err("invalid"),
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`selector` does not match template `labels`")),
+            "{messages:?}"
+        );
     }
 
     #[test]
@@ -769,9 +988,17 @@ mod tests {
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"selector": {"matchLabels": {"app": "x"}}, "strategy": {},
                 "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i", "resources": {}}]}}}});
-        let stored = default_and_validate(find("apps", "v1", "deployments").expect("d"), deployment, None).expect("valid");
+        let stored = default_and_validate(
+            find("apps", "v1", "deployments").expect("d"),
+            deployment,
+            None,
+        )
+        .expect("valid");
         assert_eq!(stored["spec"]["strategy"]["type"], "RollingUpdate");
-        assert_eq!(stored["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(
+            stored["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            "25%"
+        );
         assert_eq!(stored["spec"]["revisionHistoryLimit"], 10);
     }
 
@@ -785,16 +1012,31 @@ mod tests {
 
         let two_unnamed = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
             "spec": {"ports": [{"port": 80}, {"port": 81}]}});
-        let messages = causes(default_and_validate(info("", "services"), two_unnamed, None).expect_err("invalid"));
-        assert!(messages.iter().any(|m| m.starts_with("spec.ports[0].name: Required value")), "{messages:?}");
+        let messages = causes(
+            default_and_validate(info("", "services"), two_unnamed, None).expect_err("invalid"),
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("spec.ports[0].name: Required value")),
+            "{messages:?}"
+        );
     }
 
     #[test]
     fn job_restart_policy_must_not_be_always() {
         let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "uid": "u1"},
             "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        let messages = causes(default_and_validate(find("batch", "v1", "jobs").expect("j"), job, None).expect_err("invalid"));
-        assert!(messages.iter().any(|m| m.starts_with("spec.template.spec.restartPolicy: Unsupported value")), "{messages:?}");
+        let messages = causes(
+            default_and_validate(find("batch", "v1", "jobs").expect("j"), job, None)
+                .expect_err("invalid"),
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("spec.template.spec.restartPolicy: Unsupported value")),
+            "{messages:?}"
+        );
     }
 
     #[test]

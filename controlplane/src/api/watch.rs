@@ -61,7 +61,10 @@ pub enum Rendering {
 }
 
 /// The Kubernetes event (if any) for one store event, given the filter.
-pub fn translate(event: &Event, filter: &WatchFilter) -> Result<Option<(EventKind, Value)>, ApiError> {
+pub fn translate(
+    event: &Event,
+    filter: &WatchFilter,
+) -> Result<Option<(EventKind, Value)>, ApiError> {
     let mut current = objects::value(&event.kv)?;
     let previous_matches = match &event.previous {
         Some(previous) => filter.matches(&objects::value(previous)?),
@@ -77,7 +80,10 @@ pub fn translate(event: &Event, filter: &WatchFilter) -> Result<Option<(EventKin
         },
     };
     if let Some(metadata) = current.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), Value::String(event.revision().to_string()));
+        metadata.insert(
+            "resourceVersion".into(),
+            Value::String(event.revision().to_string()),
+        );
     }
     Ok(kind.map(|kind| (kind, current)))
 }
@@ -92,9 +98,17 @@ fn render(rendering: Rendering, object: Value, first: &mut bool) -> Value {
     match rendering {
         Rendering::Object => object,
         Rendering::Table { resource } => {
-            let version = objects::str_at(&object, "/metadata/resourceVersion").unwrap_or_default().to_owned();
+            let version = objects::str_at(&object, "/metadata/resourceVersion")
+                .unwrap_or_default()
+                .to_owned();
             let include_columns = std::mem::take(first);
-            tables::table(resource, &[object], &version, jiff::Timestamp::now(), include_columns)
+            tables::table(
+                resource,
+                &[object],
+                &version,
+                jiff::Timestamp::now(),
+                include_columns,
+            )
         }
     }
 }
@@ -117,7 +131,10 @@ pub struct WatchRequest {
 }
 
 /// Starts a watch and returns the channel of response chunks.
-pub async fn start(store: Arc<dyn KvStore>, request: WatchRequest) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+pub async fn start(
+    store: Arc<dyn KvStore>,
+    request: WatchRequest,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let prefix = request.info.key_prefix(request.namespace.as_deref());
     let (initial, after) = match request.start {
         Start::After(revision) => (Vec::new(), revision),
@@ -139,7 +156,14 @@ pub async fn start(store: Arc<dyn KvStore>, request: WatchRequest) -> Result<mps
     }
     match store.watch(&prefix, after) {
         Ok(watcher) => {
-            tokio::spawn(run(watcher, sender, request.filter, request.rendering, request.timeout, first));
+            tokio::spawn(run(
+                watcher,
+                sender,
+                request.filter,
+                request.rendering,
+                request.timeout,
+                first,
+            ));
         }
         Err(error @ StoreError::Compacted { .. }) => {
             // The apiserver answers 200 and then a single ERROR event; the
@@ -176,7 +200,10 @@ async fn run(
             None => return,
             Some(Ok(event)) => event,
             Some(Err(StoreError::WatcherTooSlow)) => {
-                let status = ApiError::Gone("the watch fell behind and must be restarted from a fresh list".into()).status();
+                let status = ApiError::Gone(
+                    "the watch fell behind and must be restarted from a fresh list".into(),
+                )
+                .status();
                 let _ = sender.send(line("ERROR", &status)).await;
                 return;
             }
@@ -211,26 +238,54 @@ mod tests {
     }
 
     fn filter(selector: &str) -> WatchFilter {
-        WatchFilter { labels: LabelSelector::parse(selector).expect("selector"), fields: FieldSelector::everything() }
+        WatchFilter {
+            labels: LabelSelector::parse(selector).expect("selector"),
+            fields: FieldSelector::everything(),
+        }
     }
 
     #[test]
     fn selector_transitions_become_added_and_deleted() {
-        let put = |previous: Option<KeyValue>, current: KeyValue| Event { event_type: EventType::Put, kv: current, previous };
+        let put = |previous: Option<KeyValue>, current: KeyValue| Event {
+            event_type: EventType::Put,
+            kv: current,
+            previous,
+        };
         let app = filter("app=web");
 
         let created = translate(&put(None, kv(1, json!({"app": "web"}))), &app).expect("ok");
         assert_eq!(created.map(|(kind, _)| kind), Some(EventKind::Added));
 
-        let relabelled = translate(&put(Some(kv(1, json!({"app": "web"}))), kv(2, json!({"app": "db"}))), &app).expect("ok");
+        let relabelled = translate(
+            &put(
+                Some(kv(1, json!({"app": "web"}))),
+                kv(2, json!({"app": "db"})),
+            ),
+            &app,
+        )
+        .expect("ok");
         let (kind, object) = relabelled.expect("event");
         assert_eq!(kind, EventKind::Deleted);
         assert_eq!(object["metadata"]["resourceVersion"], "2");
 
-        let unrelated = translate(&put(Some(kv(1, json!({"app": "db"}))), kv(2, json!({"app": "db"}))), &app).expect("ok");
+        let unrelated = translate(
+            &put(
+                Some(kv(1, json!({"app": "db"}))),
+                kv(2, json!({"app": "db"})),
+            ),
+            &app,
+        )
+        .expect("ok");
         assert!(unrelated.is_none());
 
-        let delete = Event { event_type: EventType::Delete, kv: kv(3, json!({"app": "web"})), previous: Some(kv(2, json!({"app": "web"}))) };
-        assert_eq!(translate(&delete, &app).expect("ok").map(|(kind, _)| kind), Some(EventKind::Deleted));
+        let delete = Event {
+            event_type: EventType::Delete,
+            kv: kv(3, json!({"app": "web"})),
+            previous: Some(kv(2, json!({"app": "web"}))),
+        };
+        assert_eq!(
+            translate(&delete, &app).expect("ok").map(|(kind, _)| kind),
+            Some(EventKind::Deleted)
+        );
     }
 }

@@ -107,7 +107,12 @@ fn parse_entry(kv: &KeyValue) -> Option<Entry> {
     Some(Entry {
         uid: metadata.uid,
         namespace: metadata.namespace,
-        owners: metadata.owner_references.into_iter().map(|owner| owner.uid).filter(|uid| !uid.is_empty()).collect(),
+        owners: metadata
+            .owner_references
+            .into_iter()
+            .map(|owner| owner.uid)
+            .filter(|uid| !uid.is_empty())
+            .collect(),
         deleting: metadata.deletion_timestamp.is_some(),
         finalizers: metadata.finalizers,
     })
@@ -123,16 +128,24 @@ impl Index {
             self.by_uid.insert(entry.uid.clone(), kv.key.clone());
         }
         for owner in &entry.owners {
-            self.dependents.entry(owner.clone()).or_default().insert(kv.key.clone());
+            self.dependents
+                .entry(owner.clone())
+                .or_default()
+                .insert(kv.key.clone());
         }
         if let Some(namespace) = &entry.namespace {
-            self.by_namespace.entry(namespace.clone()).or_default().insert(kv.key.clone());
+            self.by_namespace
+                .entry(namespace.clone())
+                .or_default()
+                .insert(kv.key.clone());
         }
         self.entries.insert(kv.key.clone(), entry);
     }
 
     fn remove(&mut self, key: &str) {
-        let Some(entry) = self.entries.remove(key) else { return };
+        let Some(entry) = self.entries.remove(key) else {
+            return;
+        };
         if self.by_uid.get(&entry.uid).map(String::as_str) == Some(key) {
             self.by_uid.remove(&entry.uid);
         }
@@ -159,8 +172,20 @@ impl Index {
     fn affected_by(&self, key: &str) -> BTreeSet<String> {
         let mut affected = BTreeSet::from([key.to_owned()]);
         if let Some(entry) = self.entries.get(key) {
-            affected.extend(self.dependents.get(&entry.uid).into_iter().flatten().cloned());
-            affected.extend(entry.owners.iter().filter_map(|owner| self.by_uid.get(owner)).cloned());
+            affected.extend(
+                self.dependents
+                    .get(&entry.uid)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            affected.extend(
+                entry
+                    .owners
+                    .iter()
+                    .filter_map(|owner| self.by_uid.get(owner))
+                    .cloned(),
+            );
             if let Some(namespace) = &entry.namespace {
                 affected.insert(format!("{NAMESPACE_PREFIX}{namespace}"));
             }
@@ -195,7 +220,9 @@ impl Index {
     pub fn plan_for<'a>(&self, keys: impl IntoIterator<Item = &'a String>) -> BTreeSet<Action> {
         let mut actions = BTreeSet::new();
         for key in keys {
-            let Some(entry) = self.entries.get(key) else { continue };
+            let Some(entry) = self.entries.get(key) else {
+                continue;
+            };
             if !entry.owners.is_empty() {
                 let any_live = entry.owners.iter().any(|owner| self.exists(owner));
                 if !any_live {
@@ -204,39 +231,65 @@ impl Index {
                     }
                 } else {
                     for owner in entry.owners.iter().filter(|owner| !self.exists(owner)) {
-                        actions.insert(Action::DropOwnerReference { key: key.clone(), owner_uid: owner.clone() });
+                        actions.insert(Action::DropOwnerReference {
+                            key: key.clone(),
+                            owner_uid: owner.clone(),
+                        });
                     }
                 }
             }
             if !entry.deleting {
                 continue;
             }
-            let mine: Vec<&String> = self.dependents.get(&entry.uid).into_iter().flatten().collect();
+            let mine: Vec<&String> = self
+                .dependents
+                .get(&entry.uid)
+                .into_iter()
+                .flatten()
+                .collect();
             if entry.finalizers.iter().any(|f| f == "orphan") {
                 if mine.is_empty() {
-                    actions.insert(Action::RemoveFinalizer { key: key.clone(), finalizer: "orphan".into() });
+                    actions.insert(Action::RemoveFinalizer {
+                        key: key.clone(),
+                        finalizer: "orphan".into(),
+                    });
                 }
                 for dependent in mine {
-                    actions.insert(Action::DropOwnerReference { key: dependent.clone(), owner_uid: entry.uid.clone() });
+                    actions.insert(Action::DropOwnerReference {
+                        key: dependent.clone(),
+                        owner_uid: entry.uid.clone(),
+                    });
                 }
             } else if entry.finalizers.iter().any(|f| f == "foregroundDeletion") {
                 if mine.is_empty() {
-                    actions.insert(Action::RemoveFinalizer { key: key.clone(), finalizer: "foregroundDeletion".into() });
+                    actions.insert(Action::RemoveFinalizer {
+                        key: key.clone(),
+                        finalizer: "foregroundDeletion".into(),
+                    });
                 }
                 for dependent in mine {
                     if self.entries.get(dependent).is_some_and(|d| !d.deleting) {
-                        actions.insert(Action::DeleteDependent { key: dependent.clone() });
+                        actions.insert(Action::DeleteDependent {
+                            key: dependent.clone(),
+                        });
                     }
                 }
             }
             if let Some(name) = key.strip_prefix(NAMESPACE_PREFIX) {
-                let contents: Vec<&String> = self.by_namespace.get(name).into_iter().flatten().collect();
+                let contents: Vec<&String> =
+                    self.by_namespace.get(name).into_iter().flatten().collect();
                 if contents.is_empty() {
                     actions.insert(Action::FinishNamespace { key: key.clone() });
                 }
                 for other_key in contents {
-                    if self.entries.get(other_key).is_some_and(|other| !other.deleting) {
-                        actions.insert(Action::DeleteNamespaced { key: other_key.clone() });
+                    if self
+                        .entries
+                        .get(other_key)
+                        .is_some_and(|other| !other.deleting)
+                    {
+                        actions.insert(Action::DeleteNamespaced {
+                            key: other_key.clone(),
+                        });
                     }
                 }
             }
@@ -311,7 +364,9 @@ impl GarbageCollector {
             if let Err(error) = self.apply(&action).await {
                 match error {
                     ApiError::NotFound { .. } | ApiError::Conflict { .. } => {}
-                    other => tracing::warn!(?action, error = %other, "garbage collection step failed; will retry"),
+                    other => {
+                        tracing::warn!(?action, error = %other, "garbage collection step failed; will retry")
+                    }
                 }
             }
         }
@@ -320,19 +375,38 @@ impl GarbageCollector {
     async fn apply(&self, action: &Action) -> Result<(), ApiError> {
         match action {
             Action::DeleteDependent { key } | Action::DeleteNamespaced { key } => {
-                let Some((info, namespace, name)) = locate(key) else { return Ok(()) };
+                let Some((info, namespace, name)) = locate(key) else {
+                    return Ok(());
+                };
                 tracing::info!(resource = info.plural, ?namespace, %name, "deleting");
-                let options = DeleteOptions { propagation: Some(Propagation::Background), ..DeleteOptions::default() };
-                self.registry.delete(info, namespace.as_deref(), &name, &options).await.map(|_| ())
+                let options = DeleteOptions {
+                    propagation: Some(Propagation::Background),
+                    ..DeleteOptions::default()
+                };
+                self.registry
+                    .delete(info, namespace.as_deref(), &name, &options)
+                    .await
+                    .map(|_| ())
             }
             Action::DropOwnerReference { key, owner_uid } => {
-                let Some((info, _, _)) = locate(key) else { return Ok(()) };
-                let Some(kv) = self.registry.store.get(key).await? else { return Ok(()) };
+                let Some((info, _, _)) = locate(key) else {
+                    return Ok(());
+                };
+                let Some(kv) = self.registry.store.get(key).await? else {
+                    return Ok(());
+                };
                 let mut object = objects::value(&kv)?;
-                if let Some(references) = object.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-                    references.retain(|reference| reference.get("uid").and_then(Value::as_str) != Some(owner_uid));
+                if let Some(references) = object
+                    .pointer_mut("/metadata/ownerReferences")
+                    .and_then(Value::as_array_mut)
+                {
+                    references.retain(|reference| {
+                        reference.get("uid").and_then(Value::as_str) != Some(owner_uid)
+                    });
                     if references.is_empty() {
-                        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                        if let Some(metadata) =
+                            object.get_mut("metadata").and_then(Value::as_object_mut)
+                        {
                             metadata.remove("ownerReferences");
                         }
                     }
@@ -340,15 +414,32 @@ impl GarbageCollector {
                 self.registry.put_raw(info, &kv, object).await.map(|_| ())
             }
             Action::RemoveFinalizer { key, finalizer } => {
-                let Some((info, _, _)) = locate(key) else { return Ok(()) };
-                let Some(kv) = self.registry.store.get(key).await? else { return Ok(()) };
+                let Some((info, _, _)) = locate(key) else {
+                    return Ok(());
+                };
+                let Some(kv) = self.registry.store.get(key).await? else {
+                    return Ok(());
+                };
                 self.registry.remove_finalizer(info, &kv, finalizer).await
             }
             Action::FinishNamespace { key } => {
-                let Some(kv) = self.registry.store.get(key).await? else { return Ok(()) };
-                tracing::info!(namespace = key.trim_start_matches(NAMESPACE_PREFIX), "namespace is empty; removing it");
-                let op = WriteOp::Delete { key: key.clone(), precondition: Precondition::ModRevision(kv.mod_revision) };
-                self.registry.store.write(op).await.map(|_| ()).map_err(ApiError::from)
+                let Some(kv) = self.registry.store.get(key).await? else {
+                    return Ok(());
+                };
+                tracing::info!(
+                    namespace = key.trim_start_matches(NAMESPACE_PREFIX),
+                    "namespace is empty; removing it"
+                );
+                let op = WriteOp::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::ModRevision(kv.mod_revision),
+                };
+                self.registry
+                    .store
+                    .write(op)
+                    .await
+                    .map(|_| ())
+                    .map_err(ApiError::from)
             }
         }
     }
@@ -374,7 +465,12 @@ mod tests {
 
     fn kv(key: &str, metadata: Value) -> KeyValue {
         let object = json!({"metadata": metadata});
-        KeyValue { key: key.into(), value: Bytes::from(serde_json::to_vec(&object).expect("json")), create_revision: 1, mod_revision: 1 }
+        KeyValue {
+            key: key.into(),
+            value: Bytes::from(serde_json::to_vec(&object).expect("json")),
+            create_revision: 1,
+            mod_revision: 1,
+        }
     }
 
     fn index(objects: &[KeyValue]) -> Index {
@@ -390,39 +486,91 @@ mod tests {
 
     #[test]
     fn dependents_of_a_deleted_owner_are_deleted() {
-        let pod = kv(POD, json!({"uid": "p1", "namespace": "default", "ownerReferences": [{"uid": "rc1"}]}));
-        let with_owner = index(&[kv(RC, json!({"uid": "rc1", "namespace": "default"})), pod.clone()]);
-        assert!(with_owner.plan().is_empty(), "nothing to do while the owner exists");
+        let pod = kv(
+            POD,
+            json!({"uid": "p1", "namespace": "default", "ownerReferences": [{"uid": "rc1"}]}),
+        );
+        let with_owner = index(&[
+            kv(RC, json!({"uid": "rc1", "namespace": "default"})),
+            pod.clone(),
+        ]);
+        assert!(
+            with_owner.plan().is_empty(),
+            "nothing to do while the owner exists"
+        );
         let without_owner = index(&[pod]);
-        assert_eq!(without_owner.plan(), [Action::DeleteDependent { key: POD.into() }].into());
+        assert_eq!(
+            without_owner.plan(),
+            [Action::DeleteDependent { key: POD.into() }].into()
+        );
     }
 
     #[test]
     fn a_dependent_with_another_live_owner_only_loses_the_reference() {
-        let pod = kv(POD, json!({"uid": "p1", "ownerReferences": [{"uid": "gone"}, {"uid": "rc1"}]}));
+        let pod = kv(
+            POD,
+            json!({"uid": "p1", "ownerReferences": [{"uid": "gone"}, {"uid": "rc1"}]}),
+        );
         let plan = index(&[kv(RC, json!({"uid": "rc1"})), pod]).plan();
-        assert_eq!(plan, [Action::DropOwnerReference { key: POD.into(), owner_uid: "gone".into() }].into());
+        assert_eq!(
+            plan,
+            [Action::DropOwnerReference {
+                key: POD.into(),
+                owner_uid: "gone".into()
+            }]
+            .into()
+        );
     }
 
     #[test]
     fn orphan_finalizer_releases_dependents_then_itself() {
-        let owner = kv(RC, json!({"uid": "rc1", "deletionTimestamp": "x", "finalizers": ["orphan"]}));
-        let pod = kv(POD, json!({"uid": "p1", "ownerReferences": [{"uid": "rc1"}]}));
+        let owner = kv(
+            RC,
+            json!({"uid": "rc1", "deletionTimestamp": "x", "finalizers": ["orphan"]}),
+        );
+        let pod = kv(
+            POD,
+            json!({"uid": "p1", "ownerReferences": [{"uid": "rc1"}]}),
+        );
         assert_eq!(
             index(&[owner.clone(), pod]).plan(),
-            [Action::DropOwnerReference { key: POD.into(), owner_uid: "rc1".into() }].into()
+            [Action::DropOwnerReference {
+                key: POD.into(),
+                owner_uid: "rc1".into()
+            }]
+            .into()
         );
-        assert_eq!(index(&[owner]).plan(), [Action::RemoveFinalizer { key: RC.into(), finalizer: "orphan".into() }].into());
+        assert_eq!(
+            index(&[owner]).plan(),
+            [Action::RemoveFinalizer {
+                key: RC.into(),
+                finalizer: "orphan".into()
+            }]
+            .into()
+        );
     }
 
     #[test]
     fn foreground_deletes_dependents_first() {
-        let owner = kv(RC, json!({"uid": "rc1", "deletionTimestamp": "x", "finalizers": ["foregroundDeletion"]}));
-        let pod = kv(POD, json!({"uid": "p1", "ownerReferences": [{"uid": "rc1"}]}));
-        assert_eq!(index(&[owner.clone(), pod]).plan(), [Action::DeleteDependent { key: POD.into() }].into());
+        let owner = kv(
+            RC,
+            json!({"uid": "rc1", "deletionTimestamp": "x", "finalizers": ["foregroundDeletion"]}),
+        );
+        let pod = kv(
+            POD,
+            json!({"uid": "p1", "ownerReferences": [{"uid": "rc1"}]}),
+        );
+        assert_eq!(
+            index(&[owner.clone(), pod]).plan(),
+            [Action::DeleteDependent { key: POD.into() }].into()
+        );
         assert_eq!(
             index(&[owner]).plan(),
-            [Action::RemoveFinalizer { key: RC.into(), finalizer: "foregroundDeletion".into() }].into()
+            [Action::RemoveFinalizer {
+                key: RC.into(),
+                finalizer: "foregroundDeletion".into()
+            }]
+            .into()
         );
     }
 
@@ -431,26 +579,56 @@ mod tests {
         let namespace = "/registry/core/namespaces/team";
         let terminating = kv(namespace, json!({"uid": "ns1", "deletionTimestamp": "x"}));
         let config = "/registry/core/configmaps/team/settings";
-        let plan = index(&[terminating.clone(), kv(config, json!({"uid": "c1", "namespace": "team"}))]).plan();
-        assert_eq!(plan, [Action::DeleteNamespaced { key: config.into() }].into());
-        assert_eq!(index(&[terminating]).plan(), [Action::FinishNamespace { key: namespace.into() }].into());
+        let plan = index(&[
+            terminating.clone(),
+            kv(config, json!({"uid": "c1", "namespace": "team"})),
+        ])
+        .plan();
+        assert_eq!(
+            plan,
+            [Action::DeleteNamespaced { key: config.into() }].into()
+        );
+        assert_eq!(
+            index(&[terminating]).plan(),
+            [Action::FinishNamespace {
+                key: namespace.into()
+            }]
+            .into()
+        );
     }
 
     #[test]
     fn an_owner_delete_event_replans_its_dependents() {
         let owner = kv(RC, json!({"uid": "rc1", "namespace": "default"}));
-        let pod = kv(POD, json!({"uid": "p1", "namespace": "default", "ownerReferences": [{"uid": "rc1"}]}));
+        let pod = kv(
+            POD,
+            json!({"uid": "p1", "namespace": "default", "ownerReferences": [{"uid": "rc1"}]}),
+        );
         let mut index = index(&[owner.clone(), pod]);
-        let affected = index.apply(&Event { event_type: EventType::Delete, kv: owner, previous: None });
+        let affected = index.apply(&Event {
+            event_type: EventType::Delete,
+            kv: owner,
+            previous: None,
+        });
         assert!(affected.contains(POD), "{affected:?}");
-        assert_eq!(index.plan_for(&affected), [Action::DeleteDependent { key: POD.into() }].into());
+        assert_eq!(
+            index.plan_for(&affected),
+            [Action::DeleteDependent { key: POD.into() }].into()
+        );
     }
 
     #[test]
     fn keys_map_back_to_resources() {
         let (info, namespace, name) = locate(POD).expect("pod key");
-        assert_eq!((info.plural, namespace.as_deref(), name.as_str()), ("pods", Some("default"), "web-1"));
-        let (info, namespace, name) = locate("/registry/apps/deployments/ns/d").expect("deployment key");
-        assert_eq!((info.plural, namespace.as_deref(), name.as_str()), ("deployments", Some("ns"), "d"));
+        assert_eq!(
+            (info.plural, namespace.as_deref(), name.as_str()),
+            ("pods", Some("default"), "web-1")
+        );
+        let (info, namespace, name) =
+            locate("/registry/apps/deployments/ns/d").expect("deployment key");
+        assert_eq!(
+            (info.plural, namespace.as_deref(), name.as_str()),
+            ("deployments", Some("ns"), "d")
+        );
     }
 }

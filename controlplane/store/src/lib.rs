@@ -62,8 +62,15 @@ pub enum Precondition {
 
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Put { key: String, value: Bytes, precondition: Precondition },
-    Delete { key: String, precondition: Precondition },
+    Put {
+        key: String,
+        value: Bytes,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl WriteOp {
@@ -111,9 +118,15 @@ impl Event {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("precondition failed for key {key}")]
-    PreconditionFailed { key: String, current: Option<Box<KeyValue>> },
+    PreconditionFailed {
+        key: String,
+        current: Option<Box<KeyValue>>,
+    },
     #[error("required revision {requested} has been compacted; the oldest available is {oldest}")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("watcher fell too far behind and was dropped; restart the watch from a fresh list")]
     WatcherTooSlow,
     #[error("the store is shut down")]

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 
 use crate::watch::WatchHub;
 use crate::{
-    Event, EventType, KeyValue, KvStore, Precondition, RangeResult, Revision, StoreError, StoreFuture, WriteOp,
-    WriteResult,
+    Event, EventType, KeyValue, KvStore, Precondition, RangeResult, Revision, StoreError,
+    StoreFuture, WriteOp, WriteResult,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -49,7 +49,12 @@ pub struct RedbStoreOptions {
 
 impl Default for RedbStoreOptions {
     fn default() -> Self {
-        RedbStoreOptions { cache_bytes: 32 << 20, watch_history: 4096, watch_channel: 8192, max_batch: 2048 }
+        RedbStoreOptions {
+            cache_bytes: 32 << 20,
+            watch_history: 4096,
+            watch_channel: 8192,
+            max_batch: 2048,
+        }
     }
 }
 
@@ -89,7 +94,10 @@ fn encode(create_revision: Revision, mod_revision: Revision, value: &[u8]) -> Ve
 
 fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
     if raw.len() < HEADER_LEN {
-        return Err(StoreError::Backend(format!("record for {key} is truncated ({} bytes)", raw.len())));
+        return Err(StoreError::Backend(format!(
+            "record for {key} is truncated ({} bytes)",
+            raw.len()
+        )));
     }
     let mut create = [0u8; 8];
     let mut modified = [0u8; 8];
@@ -106,26 +114,49 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
 impl RedbStore {
     /// Opens (or creates) the database at `path` and starts its writer.
     pub fn open(path: &Path, options: RedbStoreOptions) -> Result<RedbStore, StoreError> {
-        let db = Database::builder().set_cache_size(options.cache_bytes).create(path).map_err(backend)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(backend)?;
         let setup = db.begin_write().map_err(backend)?;
         let revision = {
             setup.open_table(KV).map_err(backend)?;
             let meta = setup.open_table(META).map_err(backend)?;
-            let stored = meta.get(REVISION_KEY).map_err(backend)?.map(|guard| guard.value());
+            let stored = meta
+                .get(REVISION_KEY)
+                .map_err(backend)?
+                .map(|guard| guard.value());
             stored.unwrap_or(0)
         };
         setup.commit().map_err(backend)?;
 
         let db = Arc::new(db);
         let revision = Arc::new(AtomicI64::new(revision));
-        let hub = Arc::new(WatchHub::new(revision.load(Ordering::SeqCst), options.watch_history, options.watch_channel));
+        let hub = Arc::new(WatchHub::new(
+            revision.load(Ordering::SeqCst),
+            options.watch_history,
+            options.watch_channel,
+        ));
         let (queue, receiver) = mpsc::channel();
-        let writer = Writer { db: db.clone(), revision: revision.clone(), hub: hub.clone(), max_batch: options.max_batch };
+        let writer = Writer {
+            db: db.clone(),
+            revision: revision.clone(),
+            hub: hub.clone(),
+            max_batch: options.max_batch,
+        };
         let writer = thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))
-            .map_err(|error| StoreError::Backend(format!("cannot start the store writer: {error}")))?;
-        Ok(RedbStore { db, queue: Some(queue), writer: Some(writer), revision, hub })
+            .map_err(|error| {
+                StoreError::Backend(format!("cannot start the store writer: {error}"))
+            })?;
+        Ok(RedbStore {
+            db,
+            queue: Some(queue),
+            writer: Some(writer),
+            revision,
+            hub,
+        })
     }
 
     fn read_key(db: &Database, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -138,7 +169,11 @@ impl RedbStore {
     fn read_range(db: &Database, prefix: &str) -> Result<RangeResult, StoreError> {
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let revision = meta.get(REVISION_KEY).map_err(backend)?.map(|guard| guard.value()).unwrap_or(0);
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(backend)?
+            .map(|guard| guard.value())
+            .unwrap_or(0);
         let table = txn.open_table(KV).map_err(backend)?;
         let mut items = Vec::new();
         for entry in table.range(prefix..).map_err(backend)? {
@@ -258,13 +293,17 @@ impl Writer {
                     None => None,
                 };
                 let precondition = match op {
-                    WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
+                    WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => {
+                        *precondition
+                    }
                 };
                 let satisfied = match (precondition, &previous) {
                     (Precondition::None, _) => true,
                     (Precondition::MustNotExist, existing) => existing.is_none(),
                     (Precondition::MustExist, existing) => existing.is_some(),
-                    (Precondition::ModRevision(expected), Some(existing)) => existing.mod_revision == expected,
+                    (Precondition::ModRevision(expected), Some(existing)) => {
+                        existing.mod_revision == expected
+                    }
                     (Precondition::ModRevision(_), None) => false,
                 };
                 let deleting_nothing = matches!(op, WriteOp::Delete { .. }) && previous.is_none();
@@ -278,17 +317,34 @@ impl Writer {
                 revision += 1;
                 match op {
                     WriteOp::Put { key, value, .. } => {
-                        let create_revision = previous.as_ref().map_or(revision, |existing| existing.create_revision);
-                        table.insert(key.as_str(), encode(create_revision, revision, value).as_slice()).map_err(backend)?;
+                        let create_revision = previous
+                            .as_ref()
+                            .map_or(revision, |existing| existing.create_revision);
+                        table
+                            .insert(
+                                key.as_str(),
+                                encode(create_revision, revision, value).as_slice(),
+                            )
+                            .map_err(backend)?;
                         let current = KeyValue {
                             key: key.clone(),
                             value: value.clone(),
                             create_revision,
                             mod_revision: revision,
                         };
-                        let event =
-                            Event { event_type: EventType::Put, kv: current.clone(), previous: previous.clone() };
-                        outcomes.push(Ok((WriteResult { revision, current: Some(current), previous }, event)));
+                        let event = Event {
+                            event_type: EventType::Put,
+                            kv: current.clone(),
+                            previous: previous.clone(),
+                        };
+                        outcomes.push(Ok((
+                            WriteResult {
+                                revision,
+                                current: Some(current),
+                                previous,
+                            },
+                            event,
+                        )));
                     }
                     WriteOp::Delete { key, .. } => {
                         table.remove(key.as_str()).map_err(backend)?;
@@ -299,8 +355,19 @@ impl Writer {
                             mod_revision: revision,
                         });
                         tombstone.mod_revision = revision;
-                        let event = Event { event_type: EventType::Delete, kv: tombstone, previous: previous.clone() };
-                        outcomes.push(Ok((WriteResult { revision, current: None, previous }, event)));
+                        let event = Event {
+                            event_type: EventType::Delete,
+                            kv: tombstone,
+                            previous: previous.clone(),
+                        };
+                        outcomes.push(Ok((
+                            WriteResult {
+                                revision,
+                                current: None,
+                                previous,
+                            },
+                            event,
+                        )));
                     }
                 }
             }
@@ -317,30 +384,54 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str, precondition: Precondition) -> WriteOp {
-        WriteOp::Put { key: key.into(), value: Bytes::from(value.to_owned()), precondition }
+        WriteOp::Put {
+            key: key.into(),
+            value: Bytes::from(value.to_owned()),
+            precondition,
+        }
     }
 
     fn open(dir: &tempfile::TempDir) -> RedbStore {
-        RedbStore::open(&dir.path().join("store.redb"), RedbStoreOptions::default()).expect("open store")
+        RedbStore::open(&dir.path().join("store.redb"), RedbStoreOptions::default())
+            .expect("open store")
     }
 
     #[tokio::test]
     async fn revisions_are_global_and_compare_and_swap_checks_mod_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
-        let a = store.write(put("/a", "1", Precondition::MustNotExist)).await.expect("create a");
-        let b = store.write(put("/b", "1", Precondition::MustNotExist)).await.expect("create b");
+        let a = store
+            .write(put("/a", "1", Precondition::MustNotExist))
+            .await
+            .expect("create a");
+        let b = store
+            .write(put("/b", "1", Precondition::MustNotExist))
+            .await
+            .expect("create b");
         assert_eq!((a.revision, b.revision), (1, 2));
 
-        let duplicate = store.write(put("/a", "2", Precondition::MustNotExist)).await;
-        assert!(matches!(duplicate, Err(StoreError::PreconditionFailed { .. })));
+        let duplicate = store
+            .write(put("/a", "2", Precondition::MustNotExist))
+            .await;
+        assert!(matches!(
+            duplicate,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
 
-        let stale = store.write(put("/a", "2", Precondition::ModRevision(7))).await;
+        let stale = store
+            .write(put("/a", "2", Precondition::ModRevision(7)))
+            .await;
         match stale {
-            Err(StoreError::PreconditionFailed { current: Some(current), .. }) => assert_eq!(current.mod_revision, 1),
+            Err(StoreError::PreconditionFailed {
+                current: Some(current),
+                ..
+            }) => assert_eq!(current.mod_revision, 1),
             other => panic!("expected a precondition failure, got {other:?}"),
         }
-        let updated = store.write(put("/a", "2", Precondition::ModRevision(1))).await.expect("cas update");
+        let updated = store
+            .write(put("/a", "2", Precondition::ModRevision(1)))
+            .await
+            .expect("cas update");
         assert_eq!(updated.revision, 3);
         let current = updated.current.expect("current");
         assert_eq!((current.create_revision, current.mod_revision), (1, 3));
@@ -352,7 +443,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
         for key in ["/pods/a", "/pods/b", "/podsx/c", "/services/d"] {
-            store.write(put(key, "v", Precondition::None)).await.expect("put");
+            store
+                .write(put(key, "v", Precondition::None))
+                .await
+                .expect("put");
         }
         let range = store.range("/pods/").await.expect("range");
         let keys: Vec<_> = range.items.iter().map(|kv| kv.key.as_str()).collect();
@@ -364,8 +458,16 @@ mod tests {
     async fn delete_of_a_missing_key_fails_and_does_not_bump_the_revision() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
-        let missing = store.write(WriteOp::Delete { key: "/x".into(), precondition: Precondition::None }).await;
-        assert!(matches!(missing, Err(StoreError::PreconditionFailed { .. })));
+        let missing = store
+            .write(WriteOp::Delete {
+                key: "/x".into(),
+                precondition: Precondition::None,
+            })
+            .await;
+        assert!(matches!(
+            missing,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
         assert_eq!(store.current_revision(), 0);
     }
 
@@ -374,16 +476,31 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = open(&dir);
-            store.write(put("/a", "1", Precondition::None)).await.expect("put");
-            store.write(put("/b", "1", Precondition::None)).await.expect("put");
-            store.write(WriteOp::Delete { key: "/b".into(), precondition: Precondition::None }).await.expect("delete");
+            store
+                .write(put("/a", "1", Precondition::None))
+                .await
+                .expect("put");
+            store
+                .write(put("/b", "1", Precondition::None))
+                .await
+                .expect("put");
+            store
+                .write(WriteOp::Delete {
+                    key: "/b".into(),
+                    precondition: Precondition::None,
+                })
+                .await
+                .expect("delete");
         }
         let store = open(&dir);
         assert_eq!(store.current_revision(), 3);
         assert!(store.get("/b").await.expect("get").is_none());
         let a = store.get("/a").await.expect("get").expect("a exists");
         assert_eq!(a.value, Bytes::from_static(b"1"));
-        let next = store.write(put("/c", "1", Precondition::None)).await.expect("put");
+        let next = store
+            .write(put("/c", "1", Precondition::None))
+            .await
+            .expect("put");
         assert_eq!(next.revision, 4, "revisions never go back after a restart");
     }
 
@@ -391,27 +508,55 @@ mod tests {
     async fn watch_replays_history_then_streams_and_reports_deletes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
-        store.write(put("/pods/a", "1", Precondition::None)).await.expect("put");
-        store.write(put("/services/s", "1", Precondition::None)).await.expect("put");
+        store
+            .write(put("/pods/a", "1", Precondition::None))
+            .await
+            .expect("put");
+        store
+            .write(put("/services/s", "1", Precondition::None))
+            .await
+            .expect("put");
         let mut watcher = store.watch("/pods/", 0).expect("watch");
-        store.write(WriteOp::Delete { key: "/pods/a".into(), precondition: Precondition::None }).await.expect("del");
+        store
+            .write(WriteOp::Delete {
+                key: "/pods/a".into(),
+                precondition: Precondition::None,
+            })
+            .await
+            .expect("del");
 
         let first = watcher.next().await.expect("event");
         assert_eq!((first.event_type, first.revision()), (EventType::Put, 1));
         let second = watcher.next().await.expect("event");
-        assert_eq!((second.event_type, second.revision()), (EventType::Delete, 3));
-        assert_eq!(second.kv.value, Bytes::from_static(b"1"), "a delete carries the last value");
+        assert_eq!(
+            (second.event_type, second.revision()),
+            (EventType::Delete, 3)
+        );
+        assert_eq!(
+            second.kv.value,
+            Bytes::from_static(b"1"),
+            "a delete carries the last value"
+        );
     }
 
     #[tokio::test]
     async fn watch_from_before_history_is_compacted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = RedbStoreOptions { watch_history: 2, ..RedbStoreOptions::default() };
+        let options = RedbStoreOptions {
+            watch_history: 2,
+            ..RedbStoreOptions::default()
+        };
         let store = RedbStore::open(&dir.path().join("s.redb"), options).expect("open");
         for index in 0..5 {
-            store.write(put(&format!("/k{index}"), "v", Precondition::None)).await.expect("put");
+            store
+                .write(put(&format!("/k{index}"), "v", Precondition::None))
+                .await
+                .expect("put");
         }
-        assert!(matches!(store.watch("/", 1), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            store.watch("/", 1),
+            Err(StoreError::Compacted { .. })
+        ));
         assert!(store.watch("/", 3).is_ok());
     }
 
@@ -423,7 +568,9 @@ mod tests {
         for index in 0..200 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store.write(put(&format!("/k/{index}"), "v", Precondition::MustNotExist)).await
+                store
+                    .write(put(&format!("/k/{index}"), "v", Precondition::MustNotExist))
+                    .await
             }));
         }
         for task in tasks {

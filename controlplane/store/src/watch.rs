@@ -31,7 +31,11 @@ struct HubState {
 }
 
 impl WatchHub {
-    pub(crate) fn new(start_revision: Revision, history_capacity: usize, channel_capacity: usize) -> Self {
+    pub(crate) fn new(
+        start_revision: Revision,
+        history_capacity: usize,
+        channel_capacity: usize,
+    ) -> Self {
         let (sender, _) = broadcast::channel(channel_capacity.max(1));
         WatchHub {
             state: Mutex::new(HubState {
@@ -46,7 +50,9 @@ impl WatchHub {
     fn lock(&self) -> MutexGuard<'_, HubState> {
         // A panic while holding this lock cannot leave the history
         // half-updated in a way that matters more than losing the process.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn publish(&self, events: Vec<Event>) {
@@ -64,10 +70,17 @@ impl WatchHub {
         }
     }
 
-    pub(crate) fn watch(&self, prefix: &str, after_revision: Revision) -> Result<Watcher, StoreError> {
+    pub(crate) fn watch(
+        &self,
+        prefix: &str,
+        after_revision: Revision,
+    ) -> Result<Watcher, StoreError> {
         let state = self.lock();
         if after_revision < state.complete_after {
-            return Err(StoreError::Compacted { requested: after_revision, oldest: state.complete_after });
+            return Err(StoreError::Compacted {
+                requested: after_revision,
+                oldest: state.complete_after,
+            });
         }
         let backlog = state
             .history
@@ -104,12 +117,16 @@ impl Watcher {
         loop {
             match self.receiver.recv().await {
                 Ok(event) => {
-                    if event.revision() > self.after_revision && event.kv.key.starts_with(&self.prefix) {
+                    if event.revision() > self.after_revision
+                        && event.kv.key.starts_with(&self.prefix)
+                    {
                         self.after_revision = event.revision();
                         return Ok(event);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => return Err(StoreError::WatcherTooSlow),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(StoreError::WatcherTooSlow)
+                }
                 Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
             }
         }
