@@ -148,7 +148,7 @@ fn selectors(
     query: &Query,
 ) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
-        .map_err(|error| ApiError::BadRequest(format!("unable to parse requirement: {error}")))?;
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     for requirement in fields.requirements() {
