@@ -52,6 +52,13 @@ def main():
                 if event["type"] == "ADDED" and obj.metadata.name == new_pod:
                     seen.set()
                     w.stop()
+            if ["ADDED", new_pod] not in events:
+                # The client sends watch=True (capitalised, as Python prints
+                # booleans); a server that reads that as false answers with a
+                # plain list, and the stream ends with no events.
+                errors.append(
+                    f"watch: stream ended after {len(events)} events without ADDED {new_pod}"
+                )
         except Exception as exc:  # reported in the JSON, judged by the test
             errors.append(f"watch: {exc!r}")
         finally:

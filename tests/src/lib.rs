@@ -175,6 +175,19 @@ impl Output {
         self
     }
 
+    /// kubectl reports a server's `Status` error as `Error from server
+    /// (Reason): message`, but newer releases print the `create <generator>`
+    /// commands' errors as `error: failed to create <kind>: message`. Accept
+    /// either form; the reason must be right wherever kubectl shows it.
+    #[track_caller]
+    pub fn assert_server_error(&self, reason: &str, message_part: &str) -> &Self {
+        self.assert_failure();
+        if self.stderr.contains("Error from server (") {
+            self.assert_stderr_contains(&format!("Error from server ({reason})"));
+        }
+        self.assert_stderr_contains(message_part)
+    }
+
     /// stdout, trimmed, must be exactly `expected`.
     #[track_caller]
     pub fn assert_stdout_is(&self, expected: &str) -> &Self {
@@ -494,6 +507,11 @@ impl ControlPlane {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         scrub_env(&mut cmd);
+        // Error chains (anyhow) print a backtrace when RUST_BACKTRACE is set,
+        // which would bury the log excerpt; panics still get theirs.
+        if env::var_os("RUST_LIB_BACKTRACE").is_none() {
+            cmd.env("RUST_LIB_BACKTRACE", "0");
+        }
         if env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
