@@ -21,6 +21,7 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -598,6 +599,20 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Runs `body` once with every kubectl release, announcing each. A
+    /// failure with one release doesn't stop the others, so one run shows
+    /// which releases break; the test then fails naming all of them.
+    pub fn each_kubectl(&self, mut body: impl FnMut(&Kubectl)) {
+        let mut failed = Vec::new();
+        for k in self.kubectls() {
+            section(&k);
+            if panic::catch_unwind(AssertUnwindSafe(|| body(&k))).is_err() {
+                failed.push(k.version().to_owned());
+            }
+        }
+        assert!(failed.is_empty(), "failed with kubectl {} (details above)", failed.join(", "));
+    }
+
     /// kubectl 1.20, the release that is always present.
     pub fn kubectl(&self) -> Kubectl {
         self.kubectls().into_iter().next().unwrap()
@@ -1051,4 +1066,3 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 pub fn section(k: &Kubectl) {
     println!("=== with kubectl {} ({})", k.version(), k.release.path.display());
 }
-

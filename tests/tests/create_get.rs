@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use skiff_e2e::{section, ControlPlane};
+use skiff_e2e::{ControlPlane};
 
 fn pod_yaml(name: &str, app: &str) -> String {
     format!(
@@ -29,8 +29,7 @@ spec:
 #[test]
 fn create_from_file_and_stdin_then_get_every_form() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
         let pod = format!("web-{t}");
         let ns = format!("other-{t}");
@@ -153,7 +152,7 @@ fn create_from_file_and_stdin_then_get_every_form() {
         // Not found is a Status that kubectl prints with its reason.
         k.fails(&["get", "pod", "no-such-pod"])
             .assert_stderr_contains(r#"Error from server (NotFound): pods "no-such-pod" not found"#);
-    }
+    });
 }
 
 #[test]
@@ -165,8 +164,7 @@ fn every_resource_type_and_short_name_is_discoverable() {
         "deployments", "deploy", "replicasets", "rs", "daemonsets", "ds", "jobs",
         "deployments.apps", "jobs.batch",
     ];
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         for name in names {
             let out = k.run(&["get", name]);
             assert!(out.success(), "`kubectl get {name}` failed\n{out}");
@@ -179,14 +177,13 @@ fn every_resource_type_and_short_name_is_discoverable() {
         // A type that doesn't exist.
         k.fails(&["get", "frobnicators"])
             .assert_stderr_contains(r#"the server doesn't have a resource type "frobnicators""#);
-    }
+    });
 }
 
 #[test]
 fn get_watch_prints_updates() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let pod = format!("watched-{}", k.tag());
         let file = cp.file("pod.yaml", pod_yaml(&pod, &pod));
         k.ok(&["create", "-f", file.to_str().unwrap()]);
@@ -213,14 +210,13 @@ fn get_watch_prints_updates() {
 
         // The update is in the object too.
         k.ok(&["get", "pod", &pod, "-o", "jsonpath={.metadata.labels.color}"]).assert_stdout_is("blue");
-    }
+    });
 }
 
 #[test]
 fn describe_pod_service_deployment() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
         let name = format!("desc-{t}");
 
@@ -298,5 +294,5 @@ spec:
         k.ok(&["describe", "deploy", &name]).assert_stdout_contains(&name);
         k.ok(&["describe", "po", &name]).assert_stdout_contains(&name);
         k.ok(&["describe", "svc", &name]).assert_stdout_contains(&name);
-    }
+    });
 }

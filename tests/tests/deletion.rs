@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use skiff_e2e::{section, wait_until, ControlPlane, Kubectl};
+use skiff_e2e::{wait_until, ControlPlane, Kubectl};
 
 /// Garbage collection is asynchronous; this bounds how long it may take
 /// before a test gives up (it is not a performance target).
@@ -50,8 +50,7 @@ fn names(k: &Kubectl, kind: &str, selector: &str) -> Vec<String> {
 #[test]
 fn delete_by_set_based_label_selector() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
         let [a, b, c] = ["master", "slave", "frontend"].map(|n| format!("{n}-{t}"));
         for n in [&a, &b, &c] {
@@ -59,7 +58,7 @@ fn delete_by_set_based_label_selector() {
             k.ok_stdin(&["create", "-f", "-"], &svc_json(n, n));
         }
         let all = format!("name in ({a}, {b}, {c})");
-        assert_eq!(names(&k, "rc", &all).len(), 3);
+        assert_eq!(names(k, "rc", &all).len(), 3);
 
         // The selector as users type it, with spaces: kubectl sends it
         // +-encoded and the server must parse the set syntax.
@@ -73,8 +72,8 @@ fn delete_by_set_based_label_selector() {
             .assert_stdout_contains(&format!("service \"{b}\" deleted"))
             .assert_stdout_lacks(&c);
 
-        assert_eq!(names(&k, "rc", &all), vec![format!("replicationcontroller/{c}")]);
-        assert_eq!(names(&k, "svc", &all), vec![format!("service/{c}")]);
+        assert_eq!(names(k, "rc", &all), vec![format!("replicationcontroller/{c}")]);
+        assert_eq!(names(k, "svc", &all), vec![format!("service/{c}")]);
         for n in [&a, &b] {
             k.fails(&["get", "rc", n]).assert_stderr_contains("(NotFound)");
             k.fails(&["get", "svc", n]).assert_stderr_contains("(NotFound)");
@@ -84,9 +83,9 @@ fn delete_by_set_based_label_selector() {
         let out = k.ok(&["get", "svc", "-l", &format!("name,name notin ({a}, {b})"), "-o", "name"]);
         assert!(out.lines().contains(&format!("service/{c}").as_str()), "{out}");
         k.ok(&["delete", "rc,svc", "-l", &format!("name={c}")]);
-        assert!(names(&k, "rc", &all).is_empty());
-        assert!(names(&k, "svc", &all).is_empty());
-    }
+        assert!(names(k, "rc", &all).is_empty());
+        assert!(names(k, "svc", &all).is_empty());
+    });
 }
 
 fn uid(k: &Kubectl, kind: &str, name: &str) -> String {
@@ -177,68 +176,66 @@ fn assert_orphaned(k: &Kubectl, kind: &str, names: &[String]) {
 #[test]
 fn delete_propagation_configmap_owner() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         // Background (kubectl's default): owner goes at once, dependents after.
         let owner = format!("owner-bg-{t}");
-        let deps = configmap_family(&k, &owner);
+        let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner]).assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
         assert!(!k.exists("configmap", &owner));
-        assert_gone_eventually(&k, "configmap", &deps);
+        assert_gone_eventually(k, "configmap", &deps);
 
         // Orphan.
         let owner = format!("owner-or-{t}");
-        let deps = configmap_family(&k, &owner);
+        let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner, "--cascade=orphan"])
             .assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
         assert!(wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)), "owner not deleted");
-        assert_orphaned(&k, "configmap", &deps);
+        assert_orphaned(k, "configmap", &deps);
 
         // Foreground: kubectl waits for the owner, which goes last.
         let owner = format!("owner-fg-{t}");
-        let deps = configmap_family(&k, &owner);
+        let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner, "--cascade=foreground"])
             .assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
         assert!(wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)), "owner not deleted");
-        assert_gone_eventually(&k, "configmap", &deps);
+        assert_gone_eventually(k, "configmap", &deps);
 
         // Unrelated objects are untouched by all of this.
         k.ok(&["create", "configmap", &format!("bystander-{t}")]);
         let owner = format!("owner-bg2-{t}");
-        let deps = configmap_family(&k, &owner);
+        let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner]);
-        assert_gone_eventually(&k, "configmap", &deps);
+        assert_gone_eventually(k, "configmap", &deps);
         assert!(k.exists("configmap", &format!("bystander-{t}")));
-    }
+    });
 }
 
 #[test]
 fn delete_propagation_replication_controller_owner() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         let rc = format!("gc-bg-{t}");
-        let pods = rc_family(&k, &rc);
+        let pods = rc_family(k, &rc);
         k.ok(&["delete", "rc", &rc]).assert_stdout_contains(&format!("replicationcontroller \"{rc}\" deleted"));
         assert!(!k.exists("rc", &rc));
-        assert_gone_eventually(&k, "pod", &pods);
+        assert_gone_eventually(k, "pod", &pods);
 
         let rc = format!("gc-or-{t}");
-        let pods = rc_family(&k, &rc);
+        let pods = rc_family(k, &rc);
         k.ok(&["delete", "rc", &rc, "--cascade=orphan"]);
         assert!(wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)), "rc not deleted");
-        assert_orphaned(&k, "pod", &pods);
+        assert_orphaned(k, "pod", &pods);
 
         let rc = format!("gc-fg-{t}");
-        let pods = rc_family(&k, &rc);
+        let pods = rc_family(k, &rc);
         k.ok(&["delete", "rc", &rc, "--cascade=foreground"]);
         assert!(wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)), "rc not deleted");
-        assert_gone_eventually(&k, "pod", &pods);
-    }
+        assert_gone_eventually(k, "pod", &pods);
+    });
 }
 
 #[test]

@@ -89,13 +89,12 @@ fn acknowledged_creates_survive_sigkill_mid_burst() {
     println!("{} acknowledged, {} stored after restart", acked.len(), stored.len());
 
     // kubectl sees the same after the restart, and the server takes writes.
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let out = k.ok(&["get", "configmaps", "-l", "burst=yes", "-o", "name"]);
         let seen: BTreeSet<String> = out.lines().iter().map(|l| l.trim_start_matches("configmap/").to_owned()).collect();
         assert!(acked.is_subset(&seen), "kubectl misses acknowledged objects\n{out}");
         k.ok(&["create", "configmap", &format!("after-{}", k.tag())]);
-    }
+    });
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! prints as users know it. Never a 500, never a hang.
 
 use serde_json::json;
-use skiff_e2e::{section, ControlPlane};
+use skiff_e2e::{ControlPlane};
 
 const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -12,8 +12,7 @@ const SERVICES: &str = "/api/v1/namespaces/default/services";
 #[test]
 fn stale_update_is_a_conflict() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let name = format!("stale-{}", k.tag());
         k.ok(&["create", "configmap", &name, "--from-literal=v=1"]);
 
@@ -36,7 +35,7 @@ fn stale_update_is_a_conflict() {
         k.ok(&["replace", "-f", fresh_file.to_str().unwrap()])
             .assert_stdout_contains(&format!("configmap/{name} replaced"));
         k.ok(&["get", "configmap", &name, "-o", "jsonpath={.data.v}"]).assert_stdout_is("2");
-    }
+    });
 
     // The raw answer: 409 Conflict Status.
     let http = cp.http();
@@ -56,8 +55,7 @@ fn stale_update_is_a_conflict() {
 #[test]
 fn invalid_objects_are_422_invalid() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         // A name that isn't a DNS subdomain.
@@ -78,7 +76,7 @@ fn invalid_objects_are_422_invalid() {
             .assert_stderr_contains(&format!(r#"Pod "{name}" is invalid"#))
             .assert_stderr_contains("spec.containers");
         k.fails(&["get", "pod", &name]).assert_stderr_contains("(NotFound)");
-    }
+    });
 
     let http = cp.http();
     http.post_json(CONFIGMAPS, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}).to_string())
@@ -103,8 +101,7 @@ fn invalid_objects_are_422_invalid() {
 #[test]
 fn unknown_kinds_and_api_versions() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
         let file = cp.file("kind.yaml", format!("apiVersion: v1\nkind: Frobnicator\nmetadata:\n  name: f-{t}\n"));
         k.fails(&["create", "-f", file.to_str().unwrap()])
@@ -117,7 +114,7 @@ fn unknown_kinds_and_api_versions() {
             .assert_stderr_contains(r#"no matches for kind "Frob" in version "frobs.example.com/v9""#);
         k.fails(&["apply", "-f", file.to_str().unwrap()])
             .assert_stderr_contains(r#"no matches for kind "Frob""#);
-    }
+    });
 
     // The server side of the same: unknown paths are NotFound Statuses.
     let http = cp.http();
@@ -136,8 +133,7 @@ fn unknown_kinds_and_api_versions() {
 #[test]
 fn malformed_bodies_are_400_not_500() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
         // kubectl refuses these itself; nothing may get created.
         let json_file = cp.file(
@@ -154,7 +150,7 @@ fn malformed_bodies_are_400_not_500() {
         assert!(out.stderr.starts_with("error:"), "expected kubectl's own parse error\n{out}");
         assert!(!k.exists("configmap", &format!("broken-json-{t}")));
         assert!(!k.exists("configmap", &format!("broken-yaml-{t}")));
-    }
+    });
 
     // The raw server answers. All cases are tried before failing, so that one
     // run lists every one that is wrong.
@@ -207,13 +203,12 @@ fn oversized_body_is_413() {
     // 3.5 MiB: over the 3 MiB request limit of a Kubernetes API server.
     let big = "x".repeat(3 * 1024 * 1024 + 512 * 1024);
     let big_file = cp.file("big.txt", &big);
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let name = format!("big-{}", k.tag());
         k.run(&["create", "configmap", &name, &format!("--from-file=big={}", big_file.display())])
             .assert_server_error("RequestEntityTooLarge", "Request entity too large");
         assert!(!k.exists("configmap", &name));
-    }
+    });
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big-raw"}, "data": {"big": big}}).to_string();
     cp.http().post_json(CONFIGMAPS, &body).assert_k8s_status(413, "RequestEntityTooLarge");
     // The server is still fine afterwards.
@@ -225,8 +220,7 @@ fn oversized_body_is_413() {
 #[test]
 fn duplicate_create_is_409_already_exists() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let name = format!("dup-{}", k.tag());
         k.ok(&["create", "configmap", &name, "--from-literal=v=first"]);
         k.run(&["create", "configmap", &name, "--from-literal=v=second"])
@@ -239,7 +233,7 @@ fn duplicate_create_is_409_already_exists() {
         let ns = format!("dupns-{}", k.tag());
         k.ok(&["create", "namespace", &ns]);
         k.ok(&["create", "configmap", &name, "-n", &ns]);
-    }
+    });
     let body = json!({"metadata": {"name": "dup-raw"}}).to_string();
     cp.http().post_json(CONFIGMAPS, &body).assert_status(201);
     let r = cp.http().post_json(CONFIGMAPS, &body);
@@ -265,12 +259,11 @@ spec:
 #[test]
 fn service_allocation_conflicts_are_422() {
     let cp = ControlPlane::start();
-    for (i, k) in cp.kubectls().into_iter().enumerate() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         // The same explicit nodePort twice.
-        let port = 30100 + i as u16;
+        let port = 30100 + k.minor() as u16;
         let first = cp.file("a.yaml", service_yaml(&format!("np-a-{t}"), "  type: NodePort\n", &format!("    nodePort: {port}\n")));
         k.ok(&["create", "-f", first.to_str().unwrap()]);
         let out = k.ok(&["get", "svc", &format!("np-a-{t}")]);
@@ -307,7 +300,7 @@ fn service_allocation_conflicts_are_422() {
         k.ok(&["create", "-f", again.to_str().unwrap()]);
         let reuse = cp.file("g.yaml", service_yaml(&format!("ip-d-{t}"), &format!("  clusterIP: {ip}\n"), ""));
         k.ok(&["create", "-f", reuse.to_str().unwrap()]);
-    }
+    });
 
     // The raw answers.
     let http = cp.http();
@@ -350,10 +343,9 @@ fn anonymous_requests_are_401_but_health_is_open() {
         })
         .to_string(),
     );
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         k.with_kubeconfig(&anon_kubeconfig)
             .fails(&["get", "pods"])
             .assert_stderr_contains("You must be logged in to the server");
-    }
+    });
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
-use skiff_e2e::{run_command, section, ControlPlane};
+use skiff_e2e::{run_command, ControlPlane};
 
 /// Debian's interpreter, which is the one that has python3-kubernetes; a
 /// python3 earlier on PATH (a virtualenv, pyenv) would not.
@@ -51,10 +51,9 @@ fn python_client_lists_and_watches_pods() {
     );
 
     // What Python created is an ordinary pod to every kubectl.
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let p = k.get_json(&["pod", "made-by-python"]);
         assert_eq!(p["metadata"]["uid"], report["created_uid"], "{p:#}");
         assert_eq!(p["metadata"]["labels"]["made-by"], "python", "{p:#}");
-    }
+    });
 }

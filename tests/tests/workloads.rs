@@ -5,7 +5,7 @@
 //! ReplicaSets; only on the objects the commands change.
 
 use serde_json::Value;
-use skiff_e2e::{section, ControlPlane, Kubectl};
+use skiff_e2e::{ControlPlane, Kubectl};
 
 fn rc_yaml(name: &str, replicas: u32) -> String {
     format!(
@@ -38,8 +38,7 @@ fn replicas(k: &Kubectl, kind: &str, name: &str) -> String {
 #[test]
 fn scale_replication_controller_and_deployment() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         // ReplicationController, by type and name.
@@ -49,17 +48,17 @@ fn scale_replication_controller_and_deployment() {
             .assert_stdout_contains(&format!("replicationcontroller/{rc} created"));
         k.ok(&["scale", "rc", &rc, "--replicas=3"])
             .assert_stdout_contains(&format!("replicationcontroller/{rc} scaled"));
-        assert_eq!(replicas(&k, "rc", &rc), "3");
+        assert_eq!(replicas(k, "rc", &rc), "3");
         let out = k.ok(&["get", "rc", &rc]);
         assert_eq!(out.row(&rc)[1], "3", "DESIRED\n{out}");
 
         // --current-replicas goes through GET and PUT of the scale subresource.
         k.ok(&["scale", "rc", &rc, "--current-replicas=3", "--replicas=4"])
             .assert_stdout_contains(&format!("replicationcontroller/{rc} scaled"));
-        assert_eq!(replicas(&k, "rc", &rc), "4");
+        assert_eq!(replicas(k, "rc", &rc), "4");
         k.fails(&["scale", "rc", &rc, "--current-replicas=1", "--replicas=5"])
             .assert_stderr_contains("Expected replicas to be 1, was 4");
-        assert_eq!(replicas(&k, "rc", &rc), "4", "a failed precondition must not scale");
+        assert_eq!(replicas(k, "rc", &rc), "4", "a failed precondition must not scale");
 
         let scale = cp.http().get(&format!("/api/v1/namespaces/default/replicationcontrollers/{rc}/scale"));
         scale.assert_status(200);
@@ -75,13 +74,13 @@ fn scale_replication_controller_and_deployment() {
         k.ok(&["create", "deployment", &dep, "--image=nginx:1.19"]);
         k.ok(&["scale", "--replicas=3", &format!("deployment/{dep}")])
             .assert_stdout_contains(&format!("deployment.apps/{dep} scaled"));
-        assert_eq!(replicas(&k, "deployment", &dep), "3");
+        assert_eq!(replicas(k, "deployment", &dep), "3");
         k.ok(&["scale", "deploy", &dep, "--current-replicas=3", "--replicas=2"])
             .assert_stdout_contains(&format!("deployment.apps/{dep} scaled"));
-        assert_eq!(replicas(&k, "deployment", &dep), "2");
+        assert_eq!(replicas(k, "deployment", &dep), "2");
         k.fails(&["scale", "deploy", &dep, "--current-replicas=7", "--replicas=1"])
             .assert_stderr_contains("Expected replicas to be 7, was 2");
-        assert_eq!(replicas(&k, "deployment", &dep), "2");
+        assert_eq!(replicas(k, "deployment", &dep), "2");
 
         let scale = cp.http().get(&format!("/apis/apps/v1/namespaces/default/deployments/{dep}/scale"));
         scale.assert_status(200);
@@ -89,7 +88,7 @@ fn scale_replication_controller_and_deployment() {
         assert_eq!(s["kind"], "Scale", "{scale}");
         assert_eq!(s["spec"]["replicas"], 2, "{scale}");
         assert_eq!(s["status"]["selector"], format!("app={dep}"), "{scale}");
-    }
+    });
 }
 
 fn node_port_of(cells: &[String]) -> Option<u16> {
@@ -103,8 +102,7 @@ fn node_port_of(cells: &[String]) -> Option<u16> {
 #[test]
 fn create_deployment_expose_and_set_image() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let name = format!("hello-{}", k.tag());
 
         // kubectl 1.32 and later POST this one as protobuf.
@@ -160,15 +158,14 @@ fn create_deployment_expose_and_set_image() {
         // kubectl itself checks container names.
         k.fails(&["set", "image", &format!("deployment/{name}"), "nope=nginx:1.21"])
             .assert_stderr_contains(r#"unable to find container named "nope""#);
-    }
+    });
 }
 
 #[test]
 fn create_generators() {
     // kubectl 1.32+ sends these bodies as protobuf too.
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let name = format!("gen-{}", k.tag());
 
         k.ok(&["create", "configmap", &name, "--from-literal=greeting=hello", "--from-literal=n=1"])
@@ -196,7 +193,7 @@ fn create_generators() {
             .assert_stdout_contains(&format!("job.batch/{name} created"));
         let job = k.get_json(&["job", &name]);
         assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]), "{job:#}");
-    }
+    });
 }
 
 fn configmap_yaml(name: &str, greeting: &str, extra: &str) -> String {
@@ -244,8 +241,7 @@ spec:
 #[test]
 fn apply_creates_then_is_unchanged_then_configures() {
     let cp = ControlPlane::start();
-    for k in cp.kubectls() {
-        section(&k);
+    cp.each_kubectl(|k| {
         let t = k.tag();
 
         let cm = format!("applied-{t}");
@@ -286,5 +282,5 @@ fn apply_creates_then_is_unchanged_then_configures() {
         assert_eq!(c[0]["env"][0]["value"], "production", "{d:#}");
         assert!(!d.to_string().contains("$setElementOrder"), "patch directive stored: {d:#}");
         k.ok(&["apply", "-f", file]).assert_stdout_contains(&format!("deployment.apps/{dep} unchanged"));
-    }
+    });
 }
