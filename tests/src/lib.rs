@@ -119,7 +119,11 @@ impl fmt::Display for Output {
             (false, None) => writeln!(f, "result: killed by a signal")?,
         }
         writeln!(f, "--- stdout ---\n{}", self.stdout.trim_end())?;
-        write!(f, "--- stderr ---\n{}\n--------------", self.stderr.trim_end())
+        write!(
+            f,
+            "--- stderr ---\n{}\n--------------",
+            self.stderr.trim_end()
+        )
     }
 }
 
@@ -192,11 +196,7 @@ impl Output {
     /// stdout, trimmed, must be exactly `expected`.
     #[track_caller]
     pub fn assert_stdout_is(&self, expected: &str) -> &Self {
-        assert_eq!(
-            self.stdout.trim(),
-            expected,
-            "unexpected stdout\n{self}"
-        );
+        assert_eq!(self.stdout.trim(), expected, "unexpected stdout\n{self}");
         self
     }
 
@@ -209,7 +209,10 @@ impl Output {
 
     /// Non-empty lines of stdout.
     pub fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 
     /// The table row (of stdout) whose first cell is `first_cell`, split into
@@ -235,7 +238,10 @@ pub struct Background {
     readers: Vec<thread::JoinHandle<()>>,
 }
 
-fn collect<R: Read + Send + 'static>(mut src: R, into: Arc<Mutex<Vec<u8>>>) -> thread::JoinHandle<()> {
+fn collect<R: Read + Send + 'static>(
+    mut src: R,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
@@ -253,7 +259,11 @@ impl Background {
     pub fn spawn(mut cmd: Command, input: Option<Vec<u8>>) -> Background {
         let command = describe_command(&cmd);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
@@ -271,7 +281,13 @@ impl Background {
                 let _ = stdin.write_all(&input);
             }));
         }
-        Background { command, child, stdout, stderr, readers }
+        Background {
+            command,
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
     }
 
     pub fn stdout(&self) -> String {
@@ -446,7 +462,10 @@ impl ControlPlane {
                 Err(e) => last_err = e,
             }
         }
-        panic!("control plane did not start: {last_err}\n{}", cp.log_excerpt());
+        panic!(
+            "control plane did not start: {last_err}\n{}",
+            cp.log_excerpt()
+        );
     }
 
     /// The temporary directory that holds everything of this control plane.
@@ -486,7 +505,11 @@ impl ControlPlane {
         format!(
             "--- control plane log ({}{}) ---\n{}\n--- end of control plane log ---",
             self.log_path().display(),
-            if skip > 0 { format!(", last 300 of {} lines", lines.len()) } else { String::new() },
+            if skip > 0 {
+                format!(", last 300 of {} lines", lines.len())
+            } else {
+                String::new()
+            },
             lines[skip..].join("\n")
         )
     }
@@ -498,7 +521,11 @@ impl ControlPlane {
             .append(true)
             .open(self.log_path())
             .expect("cannot open the control plane log");
-        let _ = writeln!(log, "===== e2e harness: start #{} on port {} =====", self.starts, self.port);
+        let _ = writeln!(
+            log,
+            "===== e2e harness: start #{} on port {} =====",
+            self.starts, self.port
+        );
         let mut cmd = Command::new(controlplane_bin());
         cmd.arg("--data-dir")
             .arg(self.data_dir())
@@ -516,14 +543,18 @@ impl ControlPlane {
         if env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", controlplane_bin().display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", controlplane_bin().display()))?;
         self.child = Some(child);
 
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().ok().flatten() {
                 self.child = None;
-                return Err(format!("the control plane exited during start-up ({status})"));
+                return Err(format!(
+                    "the control plane exited during start-up ({status})"
+                ));
             }
             let (code, _) = anonymous_get(&self.base_url(), "/readyz");
             if code == 200 && self.kubeconfig().is_file() {
@@ -566,7 +597,10 @@ impl ControlPlane {
             }
             thread::sleep(Duration::from_millis(500));
         }
-        panic!("control plane did not restart: {last_err}\n{}", self.log_excerpt());
+        panic!(
+            "control plane did not restart: {last_err}\n{}",
+            self.log_excerpt()
+        );
     }
 
     /// Writes `content` to a new file in the test's directory and returns its
@@ -610,7 +644,11 @@ impl ControlPlane {
                 failed.push(k.version().to_owned());
             }
         }
-        assert!(failed.is_empty(), "failed with kubectl {} (details above)", failed.join(", "));
+        assert!(
+            failed.is_empty(),
+            "failed with kubectl {} (details above)",
+            failed.join(", ")
+        );
     }
 
     /// kubectl 1.20, the release that is always present.
@@ -620,7 +658,13 @@ impl ControlPlane {
 
     /// Raw HTTPS access with the admin credentials from the kubeconfig.
     pub fn http(&self) -> &Http {
-        self.http.get_or_init(|| Http::from_kubeconfig(&self.kubeconfig(), &self.root.join("curl"), &self.base_url()))
+        self.http.get_or_init(|| {
+            Http::from_kubeconfig(
+                &self.kubeconfig(),
+                &self.root.join("curl"),
+                &self.base_url(),
+            )
+        })
     }
 }
 
@@ -695,7 +739,12 @@ fn probe_release(path: PathBuf) -> Result<KubectlRelease, String> {
         .trim_end_matches('+')
         .parse()
         .map_err(|_| format!("cannot read the minor version\n{out}"))?;
-    Ok(KubectlRelease { path, git_version, minor, tag: format!("k1{minor:02}") })
+    Ok(KubectlRelease {
+        path,
+        git_version,
+        minor,
+        tag: format!("k1{minor:02}"),
+    })
 }
 
 /// The kubectl releases the tests run, oldest first: Debian's 1.20 (required;
@@ -711,7 +760,8 @@ pub fn kubectl_releases() -> &'static [KubectlRelease] {
             "kubectl 1.20 is missing at {}; run scripts/install-deps.sh",
             debian.display()
         );
-        let mut releases = vec![probe_release(debian).unwrap_or_else(|e| panic!("kubectl 1.20 is unusable: {e}"))];
+        let mut releases =
+            vec![probe_release(debian).unwrap_or_else(|e| panic!("kubectl 1.20 is unusable: {e}"))];
         let mut missing = Vec::new();
         for name in ["kubectl.1.27", "kubectl.1.33"] {
             match find_kubectl(name).map(probe_release) {
@@ -724,9 +774,15 @@ pub fn kubectl_releases() -> &'static [KubectlRelease] {
             .iter()
             .map(|r| format!("{} ({})", r.git_version, r.path.display()))
             .collect();
-        announce(&format!("e2e: kubectl releases under test: {}", ran.join(", ")));
+        announce(&format!(
+            "e2e: kubectl releases under test: {}",
+            ran.join(", ")
+        ));
         if !missing.is_empty() {
-            announce(&format!("e2e: kubectl releases not found, skipped: {}", missing.join(", ")));
+            announce(&format!(
+                "e2e: kubectl releases not found, skipped: {}",
+                missing.join(", ")
+            ));
         }
         releases
     })
@@ -872,7 +928,8 @@ impl fmt::Debug for Response {
 impl Response {
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e})\n{self}"))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e})\n{self}"))
     }
 
     #[track_caller]
@@ -889,7 +946,10 @@ impl Response {
         let v = self.json();
         assert_eq!(v["kind"], "Status", "body is not a Status\n{self}");
         assert_eq!(v["status"], "Failure", "Status is not a Failure\n{self}");
-        assert_eq!(v["code"], code, "Status.code differs from the HTTP status\n{self}");
+        assert_eq!(
+            v["code"], code,
+            "Status.code differs from the HTTP status\n{self}"
+        );
         assert_eq!(v["reason"], reason, "unexpected Status.reason\n{self}");
         self
     }
@@ -905,7 +965,10 @@ fn curl_base() -> Command {
 }
 
 fn parse_curl(request: String, out: Output) -> Response {
-    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
+    let (body, code) = out
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or(("", out.stdout.as_str()));
     Response {
         request,
         status: code.trim().parse().unwrap_or(0),
@@ -918,7 +981,8 @@ fn parse_curl(request: String, out: Output) -> Response {
 /// status matters and the CA may not exist yet).
 pub fn anonymous_get(base_url: &str, path: &str) -> (u16, String) {
     let mut cmd = curl_base();
-    cmd.args(["-k", "--max-time", "3"]).arg(format!("{base_url}{path}"));
+    cmd.args(["-k", "--max-time", "3"])
+        .arg(format!("{base_url}{path}"));
     let r = parse_curl(format!("GET {path}"), run_command(cmd, None));
     (r.status, r.body)
 }
@@ -957,7 +1021,8 @@ impl Http {
                 fs::write(&dest, bytes).unwrap();
             } else if let Some(path) = obj[key].as_str() {
                 let path = kubeconfig.parent().unwrap().join(path);
-                fs::copy(&path, &dest).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                fs::copy(&path, &dest)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
             } else {
                 panic!("the kubeconfig has neither {key} nor {key}-data\n{out}");
             }
@@ -990,7 +1055,10 @@ impl Http {
         let mut cmd = curl_base();
         cmd.arg("--cacert").arg(&self.ca);
         if with_cert {
-            cmd.arg("--cert").arg(&self.cert).arg("--key").arg(&self.key);
+            cmd.arg("--cert")
+                .arg(&self.cert)
+                .arg("--key")
+                .arg(&self.key);
         }
         cmd.args(["-X", method, "-H", "Accept: application/json"]);
         if let Some(ct) = content_type {
@@ -1013,7 +1081,13 @@ impl Http {
     }
 
     /// A request with the admin client certificate.
-    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: Option<&[u8]>) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Response {
         self.request_inner(true, method, path, content_type, body)
     }
 
@@ -1028,7 +1102,12 @@ impl Http {
     }
 
     pub fn post_json(&self, path: &str, body: &str) -> Response {
-        self.request("POST", path, Some("application/json"), Some(body.as_bytes()))
+        self.request(
+            "POST",
+            path,
+            Some("application/json"),
+            Some(body.as_bytes()),
+        )
     }
 }
 
@@ -1064,5 +1143,9 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
 /// Prints, into the test's captured output, which kubectl is about to run the
 /// following steps, so that a failure says which release it was.
 pub fn section(k: &Kubectl) {
-    println!("=== with kubectl {} ({})", k.version(), k.release.path.display());
+    println!(
+        "=== with kubectl {} ({})",
+        k.version(),
+        k.release.path.display()
+    );
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use skiff_e2e::{ControlPlane};
+use skiff_e2e::ControlPlane;
 
 fn pod_yaml(name: &str, app: &str) -> String {
     format!(
@@ -159,10 +159,32 @@ fn create_from_file_and_stdin_then_get_every_form() {
 fn every_resource_type_and_short_name_is_discoverable() {
     let cp = ControlPlane::start();
     let names = [
-        "namespaces", "ns", "pods", "po", "services", "svc", "endpoints", "ep", "nodes", "no",
-        "replicationcontrollers", "rc", "configmaps", "cm", "secrets", "events", "ev",
-        "deployments", "deploy", "replicasets", "rs", "daemonsets", "ds", "jobs",
-        "deployments.apps", "jobs.batch",
+        "namespaces",
+        "ns",
+        "pods",
+        "po",
+        "services",
+        "svc",
+        "endpoints",
+        "ep",
+        "nodes",
+        "no",
+        "replicationcontrollers",
+        "rc",
+        "configmaps",
+        "cm",
+        "secrets",
+        "events",
+        "ev",
+        "deployments",
+        "deploy",
+        "replicasets",
+        "rs",
+        "daemonsets",
+        "ds",
+        "jobs",
+        "deployments.apps",
+        "jobs.batch",
     ];
     cp.each_kubectl(|k| {
         for name in names {
@@ -173,7 +195,8 @@ fn every_resource_type_and_short_name_is_discoverable() {
         let out = k.ok(&["get", "ns"]);
         out.row("default");
         // No nodes in this milestone: an empty table, not an error.
-        k.ok(&["get", "nodes"]).assert_stderr_contains("No resources found");
+        k.ok(&["get", "nodes"])
+            .assert_stderr_contains("No resources found");
         // A type that doesn't exist.
         k.fails(&["get", "frobnicators"])
             .assert_stderr_contains(r#"the server doesn't have a resource type "frobnicators""#);
@@ -191,25 +214,45 @@ fn get_watch_prints_updates() {
         let watch = k.spawn(&["get", "pods", &pod, "-w", "--show-labels"]);
         // The first row comes from the list; only then is the change made,
         // so that it can only arrive through the watch.
-        let listed = watch.wait_for_stdout(Duration::from_secs(30), |s| s.lines().any(|l| l.starts_with(&pod)));
+        let listed = watch.wait_for_stdout(Duration::from_secs(30), |s| {
+            s.lines().any(|l| l.starts_with(&pod))
+        });
         if !listed {
             panic!("the watch never printed the initial row\n{}", watch.kill());
         }
-        k.ok(&["label", "pod", &pod, "color=blue"]).assert_stdout_contains(&format!("pod/{pod} labeled"));
+        k.ok(&["label", "pod", &pod, "color=blue"])
+            .assert_stdout_contains(&format!("pod/{pod} labeled"));
         let seen = watch.wait_for_stdout(Duration::from_secs(30), |s| {
-            s.lines().any(|l| l.starts_with(&pod) && l.contains("color=blue"))
+            s.lines()
+                .any(|l| l.starts_with(&pod) && l.contains("color=blue"))
         });
         // The watch must still be running: kubectl exits 0 when the server
         // closes the stream, which would hide later events.
         let out = watch.kill();
         assert!(seen, "the watch did not print the updated row\n{out}");
-        assert!(out.code.is_none(), "the watch ended by itself instead of streaming\n{out}");
+        assert!(
+            out.code.is_none(),
+            "the watch ended by itself instead of streaming\n{out}"
+        );
         let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with(&pod)).collect();
-        assert!(rows.len() >= 2, "expected the listed row and the updated row\n{out}");
-        assert!(!rows[0].contains("color=blue"), "the first row should predate the change\n{out}");
+        assert!(
+            rows.len() >= 2,
+            "expected the listed row and the updated row\n{out}"
+        );
+        assert!(
+            !rows[0].contains("color=blue"),
+            "the first row should predate the change\n{out}"
+        );
 
         // The update is in the object too.
-        k.ok(&["get", "pod", &pod, "-o", "jsonpath={.metadata.labels.color}"]).assert_stdout_is("blue");
+        k.ok(&[
+            "get",
+            "pod",
+            &pod,
+            "-o",
+            "jsonpath={.metadata.labels.color}",
+        ])
+        .assert_stdout_is("blue");
     });
 }
 
@@ -259,8 +302,13 @@ spec:
         let file = cp.file("svc.yaml", svc);
         k.ok(&["create", "-f", file.to_str().unwrap()]);
         let obj = k.get_json(&["svc", &name]);
-        let cluster_ip = obj["spec"]["clusterIP"].as_str().unwrap_or_else(|| panic!("no clusterIP: {obj:#}")).to_owned();
-        let node_port = obj["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or_else(|| panic!("no nodePort: {obj:#}"));
+        let cluster_ip = obj["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no clusterIP: {obj:#}"))
+            .to_owned();
+        let node_port = obj["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no nodePort: {obj:#}"));
         let out = k.ok(&["describe", "service", &name]);
         for needle in [
             name.clone(),
@@ -291,8 +339,11 @@ spec:
             out.assert_stdout_contains(&needle);
         }
         // Short forms resolve the same objects.
-        k.ok(&["describe", "deploy", &name]).assert_stdout_contains(&name);
-        k.ok(&["describe", "po", &name]).assert_stdout_contains(&name);
-        k.ok(&["describe", "svc", &name]).assert_stdout_contains(&name);
+        k.ok(&["describe", "deploy", &name])
+            .assert_stdout_contains(&name);
+        k.ok(&["describe", "po", &name])
+            .assert_stdout_contains(&name);
+        k.ok(&["describe", "svc", &name])
+            .assert_stdout_contains(&name);
     });
 }

@@ -72,16 +72,31 @@ fn delete_by_set_based_label_selector() {
             .assert_stdout_contains(&format!("service \"{b}\" deleted"))
             .assert_stdout_lacks(&c);
 
-        assert_eq!(names(k, "rc", &all), vec![format!("replicationcontroller/{c}")]);
+        assert_eq!(
+            names(k, "rc", &all),
+            vec![format!("replicationcontroller/{c}")]
+        );
         assert_eq!(names(k, "svc", &all), vec![format!("service/{c}")]);
         for n in [&a, &b] {
-            k.fails(&["get", "rc", n]).assert_stderr_contains("(NotFound)");
-            k.fails(&["get", "svc", n]).assert_stderr_contains("(NotFound)");
+            k.fails(&["get", "rc", n])
+                .assert_stderr_contains("(NotFound)");
+            k.fails(&["get", "svc", n])
+                .assert_stderr_contains("(NotFound)");
         }
 
         // notin and existence selectors select the complement.
-        let out = k.ok(&["get", "svc", "-l", &format!("name,name notin ({a}, {b})"), "-o", "name"]);
-        assert!(out.lines().contains(&format!("service/{c}").as_str()), "{out}");
+        let out = k.ok(&[
+            "get",
+            "svc",
+            "-l",
+            &format!("name,name notin ({a}, {b})"),
+            "-o",
+            "name",
+        ]);
+        assert!(
+            out.lines().contains(&format!("service/{c}").as_str()),
+            "{out}"
+        );
         k.ok(&["delete", "rc,svc", "-l", &format!("name={c}")]);
         assert!(names(k, "rc", &all).is_empty());
         assert!(names(k, "svc", &all).is_empty());
@@ -89,7 +104,11 @@ fn delete_by_set_based_label_selector() {
 }
 
 fn uid(k: &Kubectl, kind: &str, name: &str) -> String {
-    let uid = k.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]).stdout.trim().to_owned();
+    let uid = k
+        .ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"])
+        .stdout
+        .trim()
+        .to_owned();
     assert!(!uid.is_empty(), "{kind}/{name} has no uid");
     uid
 }
@@ -160,7 +179,9 @@ fn assert_orphaned(k: &Kubectl, kind: &str, names: &[String]) {
     let stripped = wait_until(GC_TIMEOUT, || {
         names.iter().all(|n| {
             let obj = k.get_json(&[kind, n]);
-            obj["metadata"]["ownerReferences"].as_array().is_none_or(|r| r.is_empty())
+            obj["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|r| r.is_empty())
         })
     });
     assert!(
@@ -182,7 +203,8 @@ fn delete_propagation_configmap_owner() {
         // Background (kubectl's default): owner goes at once, dependents after.
         let owner = format!("owner-bg-{t}");
         let deps = configmap_family(k, &owner);
-        k.ok(&["delete", "configmap", &owner]).assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
+        k.ok(&["delete", "configmap", &owner])
+            .assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
         assert!(!k.exists("configmap", &owner));
         assert_gone_eventually(k, "configmap", &deps);
 
@@ -191,7 +213,10 @@ fn delete_propagation_configmap_owner() {
         let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner, "--cascade=orphan"])
             .assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
-        assert!(wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)), "owner not deleted");
+        assert!(
+            wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)),
+            "owner not deleted"
+        );
         assert_orphaned(k, "configmap", &deps);
 
         // Foreground: kubectl waits for the owner, which goes last.
@@ -199,7 +224,10 @@ fn delete_propagation_configmap_owner() {
         let deps = configmap_family(k, &owner);
         k.ok(&["delete", "configmap", &owner, "--cascade=foreground"])
             .assert_stdout_contains(&format!("configmap \"{owner}\" deleted"));
-        assert!(wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)), "owner not deleted");
+        assert!(
+            wait_until(GC_TIMEOUT, || !k.exists("configmap", &owner)),
+            "owner not deleted"
+        );
         assert_gone_eventually(k, "configmap", &deps);
 
         // Unrelated objects are untouched by all of this.
@@ -220,20 +248,27 @@ fn delete_propagation_replication_controller_owner() {
 
         let rc = format!("gc-bg-{t}");
         let pods = rc_family(k, &rc);
-        k.ok(&["delete", "rc", &rc]).assert_stdout_contains(&format!("replicationcontroller \"{rc}\" deleted"));
+        k.ok(&["delete", "rc", &rc])
+            .assert_stdout_contains(&format!("replicationcontroller \"{rc}\" deleted"));
         assert!(!k.exists("rc", &rc));
         assert_gone_eventually(k, "pod", &pods);
 
         let rc = format!("gc-or-{t}");
         let pods = rc_family(k, &rc);
         k.ok(&["delete", "rc", &rc, "--cascade=orphan"]);
-        assert!(wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)), "rc not deleted");
+        assert!(
+            wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)),
+            "rc not deleted"
+        );
         assert_orphaned(k, "pod", &pods);
 
         let rc = format!("gc-fg-{t}");
         let pods = rc_family(k, &rc);
         k.ok(&["delete", "rc", &rc, "--cascade=foreground"]);
-        assert!(wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)), "rc not deleted");
+        assert!(
+            wait_until(GC_TIMEOUT, || !k.exists("rc", &rc)),
+            "rc not deleted"
+        );
         assert_gone_eventually(k, "pod", &pods);
     });
 }
@@ -244,17 +279,29 @@ fn delete_propagation_policy_over_raw_http() {
     let cp = ControlPlane::start();
     let k = cp.kubectl();
     let http = cp.http();
-    for (policy, owner) in [("Background", "raw-bg"), ("Orphan", "raw-or"), ("Foreground", "raw-fg")] {
+    for (policy, owner) in [
+        ("Background", "raw-bg"),
+        ("Orphan", "raw-or"),
+        ("Foreground", "raw-fg"),
+    ] {
         let deps = configmap_family(&k, owner);
-        let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy}).to_string();
+        let body =
+            json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy})
+                .to_string();
         let r = http.request(
             "DELETE",
             &format!("/api/v1/namespaces/default/configmaps/{owner}"),
             Some("application/json"),
             Some(body.as_bytes()),
         );
-        assert!(r.status == 200 || r.status == 202, "DELETE with {policy}\n{r}");
-        assert!(wait_until(GC_TIMEOUT, || !k.exists("configmap", owner)), "{policy}: owner not deleted");
+        assert!(
+            r.status == 200 || r.status == 202,
+            "DELETE with {policy}\n{r}"
+        );
+        assert!(
+            wait_until(GC_TIMEOUT, || !k.exists("configmap", owner)),
+            "{policy}: owner not deleted"
+        );
         if policy == "Orphan" {
             assert_orphaned(&k, "configmap", &deps);
         } else {
@@ -262,6 +309,11 @@ fn delete_propagation_policy_over_raw_http() {
         }
     }
     // Deleting what isn't there is a NotFound Status.
-    http.request("DELETE", "/api/v1/namespaces/default/configmaps/raw-bg", None, None)
-        .assert_k8s_status(404, "NotFound");
+    http.request(
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps/raw-bg",
+        None,
+        None,
+    )
+    .assert_k8s_status(404, "NotFound");
 }

@@ -40,13 +40,24 @@ fn python_client_lists_and_watches_pods() {
     let out = run_command(cmd, None);
     out.assert_success();
     let report = out.json();
-    assert_eq!(report["listed"], json!(["before-watch"]), "list_namespaced_pod\n{out}");
+    assert_eq!(
+        report["listed"],
+        json!(["before-watch"]),
+        "list_namespaced_pod\n{out}"
+    );
     let all = report["all_namespaces"].as_array().unwrap();
-    assert!(all.contains(&json!("default/before-watch")) && all.contains(&json!("elsewhere/other-ns")), "list_pod_for_all_namespaces\n{out}");
+    assert!(
+        all.contains(&json!("default/before-watch")) && all.contains(&json!("elsewhere/other-ns")),
+        "list_pod_for_all_namespaces\n{out}"
+    );
     assert_eq!(report["added_seen"], true, "{out}");
     // Watching from the list's resourceVersion replays nothing older.
     assert!(
-        !report["events"].as_array().unwrap().iter().any(|e| e[1] == "before-watch"),
+        !report["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[1] == "before-watch"),
         "the watch replayed a pod that predates its resourceVersion\n{out}"
     );
 
