@@ -9,7 +9,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # protoc builds the protobuf crates; python3-kubernetes is the official client
 # the end-to-end tests drive; curl talks raw HTTP to the API server in tests
 # and scripts; iproute2 and procps give ss/ip and pgrep/kill for the harness.
-APT_PACKAGES=(protobuf-compiler python3-kubernetes curl ca-certificates iproute2 procps)
+APT_PACKAGES=(
+    protobuf-compiler python3-kubernetes curl ca-certificates iproute2 procps
+    # The test cluster harness: private containerds with runc and Debian's
+    # reference CNI plugins, busybox for the web app image, gcc and static
+    # libc for the pause binary.
+    containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev
+)
 
 # kubectl 1.20 is the oldest client Skiff promises to serve. Debian ships it as
 # kubernetes-client; it is unpacked into the build tree rather than installed,

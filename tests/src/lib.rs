@@ -1149,3 +1149,7 @@ pub fn section(k: &Kubectl) {
         k.release.path.display()
     );
 }
+
+pub mod containerd;
+pub mod images;
+pub mod netns;
