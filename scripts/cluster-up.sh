@@ -56,7 +56,9 @@ cargo build --release -p skiff-controlplane
 mkdir -p "$DATA_DIR"
 echo "cluster-up: starting skiff-controlplane on 127.0.0.1:$PORT (data in $DATA_DIR, log in $LOG_FILE)"
 # setsid detaches it from this shell's session, so it survives the terminal.
-setsid "$BIN" --data-dir "$DATA_DIR" --bind-address 127.0.0.1 --secure-port "$PORT" \
+# RUST_LIB_BACKTRACE=0 keeps start-up errors readable: without it, a
+# RUST_BACKTRACE in the caller's environment buries them under backtraces.
+RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0} setsid "$BIN" --data-dir "$DATA_DIR" --bind-address 127.0.0.1 --secure-port "$PORT" \
     </dev/null >>"$LOG_FILE" 2>&1 &
 pid=$!
 echo "$pid" >"$PID_FILE"
