@@ -20,10 +20,19 @@ async fn create_if_missing(
     namespace: Option<&str>,
     object: serde_json::Value,
 ) -> Result<(), ApiError> {
-    match registry
-        .create(info(plural)?, namespace, object, false)
-        .await
-    {
+    let info = info(plural)?;
+    // Look first: creating an existing Service would fail on its own
+    // ClusterIP (taken, by itself) before the store could say it exists.
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    match registry.get(info, namespace, name).await {
+        Ok(_) => return Ok(()),
+        Err(ApiError::NotFound { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    match registry.create(info, namespace, object, false).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
         Err(error) => Err(error),
     }
