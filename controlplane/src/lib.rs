@@ -5,5 +5,6 @@ pub mod allocators;
 pub mod api;
 pub mod bootstrap;
 pub mod controllers;
+pub mod nodeapi;
 pub mod pki;
 pub mod server;

@@ -2,11 +2,11 @@
 //! controllers in one process.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use skiff_controlplane::allocators::{
     Cidr, ClusterIpAllocator, NodePortAllocator, ServiceAllocations,
@@ -14,6 +14,7 @@ use skiff_controlplane::allocators::{
 use skiff_controlplane::api::handlers::ServerFacts;
 use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::gc::GarbageCollector;
+use skiff_controlplane::nodeapi::{self, token::TokenStore};
 use skiff_controlplane::{bootstrap, pki, server};
 use skiff_store::{KvStore, RedbStore, RedbStoreOptions};
 
@@ -27,18 +28,27 @@ const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
     about = "Skiff control plane: a Kubernetes-compatible API server with an embedded store",
     long_about = "Serves the Kubernetes REST API over HTTPS, keeps cluster state in an embedded durable store, \
 and runs the garbage collector. On first start it creates a CA, a serving certificate and an admin \
-kubeconfig at DATA_DIR/admin.kubeconfig; point kubectl at that file."
+kubeconfig at DATA_DIR/admin.kubeconfig; point kubectl at that file. Node agents join with a \
+token from `skiff-controlplane token create` and connect to the node API port.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Options {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Directory for the store, certificates and the admin kubeconfig.
-    #[arg(long, env = "SKIFF_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "SKIFF_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
     /// HTTPS port for the Kubernetes API.
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
+    /// Port for the node API (gRPC over TLS) that node agents join and
+    /// connect to.
+    #[arg(long, default_value_t = 6444)]
+    node_api_port: u16,
     /// Address clients and nodes use to reach this server; written into the
     /// admin kubeconfig and the `kubernetes` Endpoints. Defaults to the bind
     /// address, or 127.0.0.1 when binding to all addresses.
@@ -55,6 +65,28 @@ struct Options {
     service_node_port_range: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage the join tokens node agents present to join the cluster.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it. Works while the control plane runs;
+    /// the token is valid at once and until its file under DATA_DIR/tokens/
+    /// is removed.
+    Create {
+        /// The control plane's data directory (it must hold the cluster CA,
+        /// i.e. the control plane has started at least once).
+        #[arg(long, env = "SKIFF_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     tracing_subscriber::fmt()
@@ -64,6 +96,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::Token {
+        action: TokenCommand::Create { data_dir },
+    }) = &options.command
+    {
+        return create_token(data_dir);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,13 +109,19 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(options))
 }
 
+fn create_token(data_dir: &Path) -> anyhow::Result<()> {
+    let ca_pem = pki::read_ca_pem(data_dir).context("cannot read the cluster CA")?;
+    let token = TokenStore::new(data_dir)
+        .create(&ca_pem)
+        .context("cannot store the join token")?;
+    println!("{token}");
+    Ok(())
+}
+
 async fn run(options: Options) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&options.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            options.data_dir.display()
-        )
-    })?;
+    let data_dir = options.data_dir.clone().context("--data-dir is required")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let cidr =
         Cidr::parse(&options.service_cluster_ip_range).context("--service-cluster-ip-range")?;
     let (first_port, last_port) = NodePortAllocator::parse_range(&options.service_node_port_range)
@@ -98,7 +142,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let mut sans = options.tls_sans.clone();
     sans.push(advertise.to_string());
     let pki = pki::ensure(
-        &options.data_dir,
+        &data_dir,
         &pki::default_serving_names(&sans, Some(IpAddr::V4(api_service_ip))),
     )
     .context("cannot set up certificates")?;
@@ -106,10 +150,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
         "https://{}",
         SocketAddr::new(advertise, options.secure_port)
     );
-    let kubeconfig = pki::write_admin_kubeconfig(&options.data_dir, &server_url)
+    let kubeconfig = pki::write_admin_kubeconfig(&data_dir, &server_url)
         .context("cannot write the admin kubeconfig")?;
 
-    let store_path = options.data_dir.join("store.redb");
+    let store_path = data_dir.join("store.redb");
     tracing::info!(path = %store_path.display(), "opening the store");
     let store: Arc<dyn KvStore> = Arc::new(
         RedbStore::open(&store_path, RedbStoreOptions::default())
@@ -127,6 +171,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
 
     let facts = Arc::new(ServerFacts {
+        ca_pem: pki.ca_pem.clone(),
         address: SocketAddr::new(advertise, options.secure_port).to_string(),
         version: json!({
             "major": KUBERNETES_VERSION.0,
@@ -145,10 +190,16 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
+    let node_api_address = SocketAddr::new(options.bind_address, options.node_api_port);
+    let node_api_listener = tokio::net::TcpListener::bind(node_api_address)
+        .await
+        .with_context(|| format!("cannot listen on {node_api_address} for the node API"))?;
+    tracing::info!(address = %node_api_address, "serving the node API");
     tracing::info!(%address, kubeconfig = %kubeconfig.display(), "serving the Kubernetes API; use: export KUBECONFIG={}", kubeconfig.display());
 
     tokio::select! {
-        result = server::serve_listener(listener, tls, registry, facts) => result.context("API server failed"),
+        result = server::serve_listener(listener, tls, registry.clone(), facts) => result.context("API server failed"),
+        result = nodeapi::serve(node_api_listener, &pki, registry, data_dir) => result.context("node API server failed"),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

@@ -27,6 +27,8 @@ pub enum PkiError {
     },
     #[error("certificate generation failed: {0}")]
     Certificate(#[from] rcgen::Error),
+    #[error("the certificate signing request is invalid: {0}")]
+    Request(rcgen::Error),
 }
 
 /// PEM material the server needs.
@@ -141,6 +143,50 @@ fn issue(
     validity(&mut params, 1);
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The PEM of the cluster CA certificate, exactly as stored and as served
+/// at `/cacerts`; join tokens carry its SHA-256.
+pub fn read_ca_pem(data_dir: &Path) -> Result<String, PkiError> {
+    let path = data_dir.join("pki").join(CA_CERT);
+    read(&path)?.ok_or_else(|| PkiError::Io {
+        action: "read",
+        path,
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no cluster CA yet; start skiff-controlplane with this data directory once",
+        ),
+    })
+}
+
+/// Signs a node's certificate signing request with the cluster CA.
+///
+/// Only the request's public key is used (its signature proves the node
+/// holds the private key): subject, SANs and usages are the control
+/// plane's, so a node cannot ask for a CA certificate or another identity.
+pub fn sign_node_csr(data_dir: &Path, csr_pem: &str, node_name: &str) -> Result<String, PkiError> {
+    let dir = data_dir.join("pki");
+    let (Some(cert), Some(key)) = (read(&dir.join(CA_CERT))?, read(&dir.join(CA_KEY))?) else {
+        return Err(PkiError::Io {
+            action: "read",
+            path: dir.join(CA_KEY),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the cluster CA is missing"),
+        });
+    };
+    let issuer = Issuer::from_ca_cert_pem(&cert, KeyPair::from_pem(&key)?)?;
+    let mut request =
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Request)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name =
+        distinguished_name(&format!("system:node:{node_name}"), Some("system:nodes"));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, 1);
+    request.params = params;
+    Ok(request.signed_by(&issuer)?.pem())
 }
 
 /// Loads or creates all certificates. `serving_names` are the DNS names
@@ -274,5 +320,54 @@ mod tests {
         let text = fs::read_to_string(kubeconfig).expect("read");
         assert!(text.contains("server: https://127.0.0.1:6443"));
         assert!(text.contains("client-key-data: "));
+    }
+
+    #[test]
+    fn node_certificates_take_only_the_key_from_the_request() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = ensure(dir.path(), &default_serving_names(&[], None)).expect("pki");
+        assert_eq!(read_ca_pem(dir.path()).expect("ca"), server.ca_pem);
+
+        // The request asks for a CA certificate under another name.
+        let key = KeyPair::generate().expect("key");
+        let mut asked = CertificateParams::new(vec!["evil.example".to_owned()]).expect("params");
+        asked.distinguished_name = distinguished_name("skiff-admin", Some("system:masters"));
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = asked
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+
+        let pem = sign_node_csr(dir.path(), &csr, "worker-1").expect("signed");
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|der: rustls::pki_types::CertificateDer<'static>| der.to_vec())
+            .expect("pem");
+        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+        assert_eq!(
+            cert.subject().to_string(),
+            "CN=system:node:worker-1, O=system:nodes"
+        );
+        assert!(!cert.is_ca());
+        assert!(cert.subject_alternative_name().expect("ext").is_none());
+        assert_eq!(
+            &*cert.public_key().subject_public_key.data,
+            key.public_key_raw()
+        );
+        assert!(
+            cert.extended_key_usage()
+                .expect("ext")
+                .expect("eku")
+                .value
+                .client_auth
+        );
+
+        assert!(matches!(
+            sign_node_csr(dir.path(), "not a request", "worker-1"),
+            Err(PkiError::Request(_))
+        ));
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(read_ca_pem(empty.path()).is_err());
     }
 }

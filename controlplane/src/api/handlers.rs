@@ -61,6 +61,8 @@ pub struct Incoming<'a> {
 pub struct ServerFacts {
     pub address: String,
     pub version: Value,
+    /// The cluster CA PEM, served as is at `/cacerts`.
+    pub ca_pem: String,
 }
 
 pub async fn handle(
@@ -87,6 +89,11 @@ async fn dispatch(
             body: Bytes::from_static(b"ok"),
         }),
         ApiRequest::Version => Ok(Reply::json(200, &facts.version)),
+        ApiRequest::CaCerts => Ok(Reply::Raw {
+            status: 200,
+            content_type: "text/plain",
+            body: Bytes::from(facts.ca_pem.clone()),
+        }),
         ApiRequest::OpenApiV2 => Ok(openapi_v2(incoming.accept)),
         ApiRequest::OpenApiV3 => Err(ApiError::NotFound {
             message: "the server could not find the requested resource".into(),

@@ -44,6 +44,7 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub enum ApiRequest {
     Health,
+    CaCerts,
     Version,
     OpenApiV2,
     OpenApiV3,
@@ -110,6 +111,8 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<ApiRequ
         ["healthz"] | ["readyz"] | ["livez"] => return Ok(ApiRequest::Health),
         ["healthz" | "readyz" | "livez", ..] => return Ok(ApiRequest::Health),
         ["version"] => return Ok(ApiRequest::Version),
+        // The cluster CA, for agents about to join (see `nodeapi::token`).
+        ["cacerts"] => return Ok(ApiRequest::CaCerts),
         ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] | ["swagger.json"] => {
             return Ok(ApiRequest::OpenApiV2)
         }
