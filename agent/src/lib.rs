@@ -1,0 +1,30 @@
+//! Skiff's node agent: it joins the cluster, registers its node, and
+//! follows the node's desired state over the node API.
+//!
+//! Mechanism, in order:
+//! 1. Credentials ([`credentials`]): reused from the data directory when the
+//!    node has joined before; otherwise obtained by [`join`] with a join
+//!    token ([`token`]), trusting the control plane's CA only once its hash
+//!    matches the token.
+//! 2. A session ([`session`]) over mutual TLS: `Hello` with what
+//!    [`hostinfo`] found out about the host, then a snapshot of the node's
+//!    pods and deltas, with heartbeats going up.
+//! 3. When a session breaks, another is opened after a delay from
+//!    [`backoff`]; refusals (a certificate the control plane no longer
+//!    accepts) end the agent instead, since retrying cannot fix them.
+//!
+//! Running pods (containerd through CRI) is the next step; for now the
+//! desired pods are tracked and logged, not started.
+
+pub mod backoff;
+pub mod credentials;
+pub mod hostinfo;
+pub mod join;
+pub mod server;
+pub mod session;
+pub mod token;
+
+/// The agent's version in Kubernetes form, reported as the Node's
+/// `kubeletVersion`: the Kubernetes release whose API it follows, then
+/// Skiff's own version.
+pub const AGENT_VERSION: &str = concat!("v1.33.0-skiff.", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,204 @@
+//! `skiff-agent`: joins a Skiff cluster and keeps this host registered as
+//! one of its nodes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use skiff_agent::backoff::Backoff;
+use skiff_agent::credentials::Credentials;
+use skiff_agent::server::ServerAddress;
+use skiff_agent::session::{self, PodBook, Target};
+use skiff_agent::token::JoinToken;
+use skiff_agent::{hostinfo, join};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff-agent",
+    version,
+    about = "Skiff node agent: joins the cluster and registers this host as a node",
+    long_about = "Joins a Skiff cluster and keeps this host registered as one of its nodes.\n\n\
+On first start (no credentials in --data-dir) the agent fetches the cluster CA from \
+SERVER/cacerts, checks it against the SHA-256 inside --token and refuses it on a mismatch, \
+then generates a private key, has the control plane sign a certificate for \
+system:node:NODE_NAME, and stores key, certificate and CA in --data-dir. Later starts reuse \
+them and need no token.\n\n\
+It then holds a session with the control plane's node API (mutual TLS, port --node-api-port \
+on the --server host): it registers the node with its addresses, capacity and system \
+information, sends a heartbeat every 10 seconds, and receives the pods bound to the node. \
+Running them through containerd is not implemented yet: received pods are logged. When the \
+session breaks, the agent reconnects with exponential backoff (1 s doubling to 30 s, with \
+jitter). It exits with an error when the control plane refuses it for good (wrong token, \
+certificate not accepted, another node's name).",
+    after_help = "EXAMPLE:\n    skiff-agent --server https://10.0.0.1:6443 --token K10...::abc123.0123456789abcdef"
+)]
+struct Options {
+    /// The control plane's Kubernetes API URL, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "SKIFF_SERVER")]
+    server: String,
+    /// Join token from `skiff-controlplane token create`. Needed to join;
+    /// ignored once the node has credentials.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Name of this node (a DNS-1123 subdomain). Defaults to the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Directory for the node's key, certificate and the cluster CA.
+    #[arg(
+        long,
+        env = "SKIFF_AGENT_DATA_DIR",
+        default_value = "/var/lib/skiff-agent"
+    )]
+    data_dir: PathBuf,
+    /// The node API port on the --server host.
+    #[arg(long, default_value_t = 6444)]
+    node_api_port: u16,
+    /// containerd's socket, for the pod runtime (not used yet).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(options))
+}
+
+fn default_node_name() -> anyhow::Result<String> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name; pass --node-name")?;
+    Ok(hostname.trim().to_lowercase())
+}
+
+/// The node's credentials: stored ones, or new ones from joining (retried
+/// while the control plane is unreachable).
+async fn credentials(options: &Options, server: &ServerAddress) -> anyhow::Result<Credentials> {
+    let token = options
+        .token
+        .as_deref()
+        .map(str::parse::<JoinToken>)
+        .transpose()
+        .context("--token")?;
+    if let Some(stored) = Credentials::load(&options.data_dir).with_context(|| {
+        format!(
+            "cannot read the credentials in {}",
+            options.data_dir.display()
+        )
+    })? {
+        if let Some(name) = options
+            .node_name
+            .as_deref()
+            .filter(|name| *name != stored.node_name)
+        {
+            bail!(
+                "{} holds the credentials of node {:?}, but --node-name is {name:?}; \
+                 drop --node-name, or remove the directory to join as a new node",
+                options.data_dir.display(),
+                stored.node_name
+            );
+        }
+        if let Some(token) = &token {
+            token.verify_ca(stored.ca_pem.as_bytes()).with_context(|| {
+                format!(
+                    "the credentials in {} are for another cluster than --token; \
+                     remove the directory to join this one",
+                    options.data_dir.display()
+                )
+            })?;
+        }
+        tracing::info!(node = %stored.node_name, data_dir = %options.data_dir.display(), "reusing the node credentials; not joining again");
+        return Ok(stored);
+    }
+    let Some(token) = token else {
+        bail!(
+            "this node has not joined yet (no credentials in {}): pass --token",
+            options.data_dir.display()
+        );
+    };
+    let node_name = match &options.node_name {
+        Some(name) => name.clone(),
+        None => default_node_name()?,
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match join::join(
+            server,
+            options.node_api_port,
+            &token,
+            &node_name,
+            &options.data_dir,
+        )
+        .await
+        {
+            Ok(credentials) => return Ok(credentials),
+            Err(error) if error.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot join yet; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error).context("cannot join the cluster"),
+        }
+    }
+}
+
+/// The node's InternalIP: the local end of the route to the control plane.
+async fn internal_ip(server: &ServerAddress) -> Option<std::net::IpAddr> {
+    let resolved: Option<SocketAddr> = tokio::net::lookup_host(server.api_authority())
+        .await
+        .ok()
+        .and_then(|mut addresses| addresses.next());
+    let address = resolved?;
+    match hostinfo::local_address_towards(address) {
+        Ok(ip) => Some(ip),
+        Err(error) => {
+            tracing::warn!(%error, "reporting the node without an InternalIP");
+            None
+        }
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let server = ServerAddress::parse(&options.server).context("--server")?;
+    let credentials = credentials(&options, &server).await?;
+    tracing::info!(
+        containerd = %options.containerd.display(),
+        "the pod runtime is not implemented yet: desired pods will be logged, not run"
+    );
+    let target = Target {
+        server: &server,
+        node_api_port: options.node_api_port,
+        credentials: &credentials,
+    };
+    let mut book = PodBook::default();
+    let mut backoff = Backoff::default();
+    loop {
+        let facts = hostinfo::gather(Path::new("/"));
+        let node = session::node_info(&credentials.node_name, &facts, internal_ip(&server).await);
+        tracing::info!(node_api = %server.authority(options.node_api_port), "connecting to the node API");
+        let result = session::run(&target, node, &mut book, || backoff.reset()).await;
+        let error = match result {
+            Ok(()) => session::SessionError::Ended,
+            Err(error) if error.is_fatal() => {
+                return Err(error).context(format!(
+                    "the control plane does not accept this agent as node {}",
+                    credentials.node_name
+                ));
+            }
+            Err(error) => error,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, desired_pods = book.len(), "session lost; reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
