@@ -419,6 +419,8 @@ pub struct ControlPlane {
     tmp: Option<tempfile::TempDir>,
     root: PathBuf,
     port: u16,
+    /// The node API's port; every control plane serves one.
+    node_api_port: u16,
     child: Option<Child>,
     starts: u32,
     http: OnceLock<Http>,
@@ -447,6 +449,7 @@ impl ControlPlane {
             tmp: Some(tmp),
             root,
             port: 0,
+            node_api_port: 0,
             child: None,
             starts: 0,
             http: OnceLock::new(),
@@ -457,6 +460,7 @@ impl ControlPlane {
         let mut last_err = String::new();
         for _ in 0..3 {
             cp.port = free_port();
+            cp.node_api_port = free_port();
             match cp.spawn_and_wait() {
                 Ok(()) => return cp,
                 Err(e) => last_err = e,
@@ -479,6 +483,10 @@ impl ControlPlane {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn node_api_port(&self) -> u16 {
+        self.node_api_port
     }
 
     pub fn base_url(&self) -> String {
@@ -531,6 +539,8 @@ impl ControlPlane {
             .arg(self.data_dir())
             .args(["--bind-address", "127.0.0.1", "--secure-port"])
             .arg(self.port.to_string())
+            .arg("--node-api-port")
+            .arg(self.node_api_port.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -1153,3 +1163,81 @@ pub fn section(k: &Kubectl) {
 pub mod containerd;
 pub mod images;
 pub mod netns;
+
+// ---------------------------------------------------------------------------
+// Node agents
+// ---------------------------------------------------------------------------
+
+/// The agent binary: `$SKIFF_AGENT_BIN`, else the one cargo built next to
+/// this test executable, else `target/debug/` of the workspace.
+pub fn agent_bin() -> PathBuf {
+    if let Some(bin) = env::var_os("SKIFF_AGENT_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Ok(exe) = env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            let candidate = profile_dir.join("skiff-agent");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    workspace_root().join("target/debug/skiff-agent")
+}
+
+impl ControlPlane {
+    /// `skiff-controlplane token create` on this control plane's data.
+    #[track_caller]
+    pub fn create_token(&self) -> String {
+        let mut cmd = Command::new(controlplane_bin());
+        cmd.args(["token", "create", "--data-dir"])
+            .arg(self.data_dir());
+        scrub_env(&mut cmd);
+        let out = run_command(cmd, None);
+        out.assert_success();
+        out.stdout.trim().to_owned()
+    }
+
+    /// A `skiff-agent` command joining or connecting to this control plane
+    /// as `node_name`, keeping its credentials in `data_dir`. `token` may be
+    /// left out for an agent that has joined before.
+    pub fn agent_command(&self, token: Option<&str>, node_name: &str, data_dir: &Path) -> Command {
+        let bin = agent_bin();
+        assert!(
+            bin.is_file(),
+            "agent binary not found at {} (build it with `cargo build -p skiff-agent`, or set SKIFF_AGENT_BIN)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.arg("--server")
+            .arg(self.base_url())
+            .arg("--node-api-port")
+            .arg(self.node_api_port().to_string())
+            .arg("--node-name")
+            .arg(node_name)
+            .arg("--data-dir")
+            .arg(data_dir);
+        if let Some(token) = token {
+            cmd.arg("--token").arg(token);
+        }
+        scrub_env(&mut cmd);
+        cmd.env_remove("SKIFF_TOKEN");
+        if env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd
+    }
+
+    /// Starts an agent in the background (see [`ControlPlane::agent_command`]).
+    pub fn spawn_agent(&self, token: Option<&str>, node_name: &str, data_dir: &Path) -> Background {
+        Background::spawn(self.agent_command(token, node_name, data_dir), None)
+    }
+}
+
+impl Background {
+    /// Polls stderr (where the agent and control plane log) until `pred`
+    /// holds or `timeout` passes; returns whether it held.
+    pub fn wait_for_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        wait_until(timeout, || pred(&self.stderr()))
+    }
+}
