@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -117,6 +117,33 @@ fn into_response(reply: Reply) -> Response<Body> {
     }
 }
 
+/// How much of an oversized body is read and thrown away before giving
+/// up on the connection.
+const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]. A larger body is
+/// still read to its end (up to [`MAX_DRAIN_BYTES`]) and discarded: answering
+/// while the client is still sending makes the connection close under it,
+/// and the client then reports a broken pipe instead of the 413.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut collected = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total <= MAX_BODY_BYTES {
+            collected.extend_from_slice(&data);
+        } else if total > MAX_DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::RequestEntityTooLarge(format!("Request entity too large: limit is {MAX_BODY_BYTES}")));
+    }
+    Ok(Bytes::from(collected))
+}
+
 fn is_public(path: &str) -> bool {
     // /cacerts: a joining agent fetches the CA before it can verify
     // anything, and checks it against the hash in its join token.
@@ -150,33 +177,9 @@ async fn serve_request(
     }
     let accept = header_str(&request, header::ACCEPT).to_owned();
     let content_type = header_str(&request, header::CONTENT_TYPE).to_owned();
-    let declared_length = header_str(&request, header::CONTENT_LENGTH)
-        .parse::<usize>()
-        .ok();
-    let too_large = || {
-        ApiError::RequestEntityTooLarge(format!(
-            "Request entity too large: limit is {MAX_BODY_BYTES}"
-        ))
-    };
-    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES) {
-        return error_response(&too_large());
-    }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error_response(&too_large());
-            }
-            return error_response(&ApiError::BadRequest(format!(
-                "cannot read the request body: {error}"
-            )));
-        }
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(error) => return error_response(&error),
     };
     let reply = handlers::handle(
         &registry,

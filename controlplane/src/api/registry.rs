@@ -864,6 +864,15 @@ impl Registry {
 /// Fills in `apiVersion`/`kind` when the body left them out, and rejects a
 /// body meant for another resource.
 fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+    // Everything else is type-checked by decoding into the typed struct;
+    // metadata is looked at before that, so it is checked here.
+    if let Some(metadata) = object.get("metadata").filter(|metadata| !metadata.is_object() && !metadata.is_null()) {
+        return Err(ApiError::BadRequest(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: metadata must be an object, got {metadata}",
+            kind = info.kind,
+            version = info.version
+        )));
+    }
     let expected_version = info.api_version();
     let api_version = str_at(object, "/apiVersion")
         .filter(|v| !v.is_empty())

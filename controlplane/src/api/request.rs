@@ -86,8 +86,10 @@ impl Query {
         self.params.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// A boolean parameter, read as Go's `strconv.ParseBool` reads it:
+    /// clients send `true`, `True` (the Python client) or `1`.
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true") | Some("1"))
+        matches!(self.get(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
     }
 }
 
