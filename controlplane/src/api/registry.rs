@@ -247,11 +247,6 @@ impl Registry {
         mut object: Value,
         dry_run: bool,
     ) -> Result<KeyValue, ApiError> {
-        if !object.is_object() {
-            return Err(ApiError::BadRequest(
-                "the request body must be a JSON object".into(),
-            ));
-        }
         check_type_meta(info, &mut object)?;
         let namespace = if info.namespaced {
             let body_namespace = str_at(&object, "/metadata/namespace")
@@ -400,11 +395,6 @@ impl Registry {
         mut object: Value,
         mode: WriteMode,
     ) -> Result<KeyValue, ApiError> {
-        if !object.is_object() {
-            return Err(ApiError::BadRequest(
-                "the request body must be a JSON object".into(),
-            ));
-        }
         check_type_meta(info, &mut object)?;
         if let Some(body_name) = str_at(&object, "/metadata/name").filter(|n| !n.is_empty()) {
             if body_name != name {
@@ -864,9 +854,17 @@ impl Registry {
 /// Fills in `apiVersion`/`kind` when the body left them out, and rejects a
 /// body meant for another resource.
 fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+    if !object.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
     // Everything else is type-checked by decoding into the typed struct;
     // metadata is looked at before that, so it is checked here.
-    if let Some(metadata) = object.get("metadata").filter(|metadata| !metadata.is_object() && !metadata.is_null()) {
+    if let Some(metadata) = object
+        .get("metadata")
+        .filter(|metadata| !metadata.is_object() && !metadata.is_null())
+    {
         return Err(ApiError::BadRequest(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: metadata must be an object, got {metadata}",
             kind = info.kind,
