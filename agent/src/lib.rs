@@ -18,8 +18,10 @@
 
 pub mod backoff;
 pub mod credentials;
+pub mod cri;
 pub mod hostinfo;
 pub mod join;
+pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod token;
