@@ -7,4 +7,5 @@ pub mod bootstrap;
 pub mod controllers;
 pub mod nodeapi;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
