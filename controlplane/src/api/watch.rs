@@ -48,6 +48,10 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
+    fn is_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     fn matches(&self, object: &Value) -> bool {
         self.labels.matches_object(object) && self.fields.matches_object(object)
     }
@@ -86,6 +90,25 @@ pub fn translate(
         );
     }
     Ok(kind.map(|kind| (kind, current)))
+}
+
+/// The event line for an unfiltered, plain-object watch, built from the
+/// stored bytes without parsing them: the common case (informers, `kubectl
+/// get -w`) and the one a hundred watchers of one write all take.
+fn raw_line(event: &Event) -> Bytes {
+    let kind = match (event.event_type, &event.previous) {
+        (EventType::Delete, _) => EventKind::Deleted,
+        (EventType::Put, Some(_)) => EventKind::Modified,
+        (EventType::Put, None) => EventKind::Added,
+    };
+    let object = objects::json_bytes(&event.kv);
+    let mut text = Vec::with_capacity(object.len() + 32);
+    text.extend_from_slice(b"{\"type\":\"");
+    text.extend_from_slice(kind.as_str().as_bytes());
+    text.extend_from_slice(b"\",\"object\":");
+    text.extend_from_slice(&object);
+    text.extend_from_slice(b"}\n");
+    Bytes::from(text)
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -185,6 +208,7 @@ async fn run(
     mut first: bool,
 ) {
     let deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
+    let unfiltered_objects = filter.is_everything() && matches!(rendering, Rendering::Object);
     loop {
         let next = async {
             match deadline {
@@ -209,6 +233,12 @@ async fn run(
             }
             Some(Err(_)) => return,
         };
+        if unfiltered_objects {
+            if sender.send(raw_line(&event)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         match translate(&event, &filter) {
             Ok(Some((kind, object))) => {
                 let rendered = render(rendering, object, &mut first);
@@ -241,6 +271,21 @@ mod tests {
         WatchFilter {
             labels: LabelSelector::parse(selector).expect("selector"),
             fields: FieldSelector::everything(),
+        }
+    }
+
+    #[test]
+    fn the_unparsed_fast_path_says_what_translate_says() {
+        let everything = filter("");
+        let events = [
+            Event { event_type: EventType::Put, kv: kv(1, json!({"app": "web"})), previous: None },
+            Event { event_type: EventType::Put, kv: kv(2, json!({"app": "db"})), previous: Some(kv(1, json!({}))) },
+            Event { event_type: EventType::Delete, kv: kv(3, json!({})), previous: Some(kv(2, json!({}))) },
+        ];
+        for event in &events {
+            let (kind, object) = translate(event, &everything).expect("ok").expect("event");
+            let fast: Value = serde_json::from_slice(&raw_line(event)).expect("json line");
+            assert_eq!(fast, json!({"type": kind.as_str(), "object": object}));
         }
     }
 
