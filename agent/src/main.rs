@@ -8,6 +8,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use skiff_agent::backoff::Backoff;
 use skiff_agent::credentials::Credentials;
+use skiff_agent::cri::GrpcCri;
+use skiff_agent::runtime::executor::PodRuntime;
+use skiff_agent::runtime::spec::{parse_resolv_conf, NodeSettings};
 use skiff_agent::server::ServerAddress;
 use skiff_agent::session::{self, PodBook, Target};
 use skiff_agent::token::JoinToken;
@@ -27,9 +30,9 @@ them and need no token.\n\n\
 It then holds a session with the control plane's node API (mutual TLS, port --node-api-port \
 on the --server host): it registers the node with its addresses, capacity and system \
 information, sends a heartbeat every 10 seconds, and receives the pods bound to the node. \
-Running them through containerd is not implemented yet: received pods are logged. When the \
-session breaks, the agent reconnects with exponential backoff (1 s doubling to 30 s, with \
-jitter). It exits with an error when the control plane refuses it for good (wrong token, \
+It runs them on containerd through CRI (--containerd), relisting the runtime every second, \
+and reports their status up. When the session breaks, the agent keeps its pods running and \
+reconnects with exponential backoff (1 s doubling to 30 s, with jitter). It exits with an error when the control plane refuses it for good (wrong token, \
 certificate not accepted, another node's name).",
     after_help = "EXAMPLE:\n    skiff-agent --server https://10.0.0.1:6443 --token K10...::abc123.0123456789abcdef"
 )]
@@ -54,9 +57,22 @@ struct Options {
     /// The node API port on the --server host.
     #[arg(long, default_value_t = 6444)]
     node_api_port: u16,
-    /// containerd's socket, for the pod runtime (not used yet).
+    /// containerd's socket (any CRI runtime.v1 socket works).
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd: PathBuf,
+    /// Where pod logs go: ROOT/<namespace>_<pod>_<uid>/<container>/<restart>.log.
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_log_dir: PathBuf,
+    /// The cgroup (cgroupfs form, e.g. /skiff) pods' cgroups go under;
+    /// the runtime's default if not given.
+    #[arg(long)]
+    cgroup_parent: Option<String>,
+    /// The resolv.conf whose DNS settings pods get.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// How often the runtime is listed to notice exits and strays.
+    #[arg(long, default_value_t = 1000)]
+    relist_interval_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -171,10 +187,24 @@ async fn internal_ip(server: &ServerAddress) -> Option<std::net::IpAddr> {
 async fn run(options: Options) -> anyhow::Result<()> {
     let server = ServerAddress::parse(&options.server).context("--server")?;
     let credentials = credentials(&options, &server).await?;
-    tracing::info!(
-        containerd = %options.containerd.display(),
-        "the pod runtime is not implemented yet: desired pods will be logged, not run"
-    );
+    let resolv_conf = std::fs::read_to_string(&options.resolv_conf).unwrap_or_else(|error| {
+        tracing::warn!(%error, path = %options.resolv_conf.display(), "pods get no DNS settings");
+        String::new()
+    });
+    let settings = NodeSettings {
+        node_name: credentials.node_name.clone(),
+        host_ip: internal_ip(&server).await.map(|ip| ip.to_string()),
+        log_root: options.pod_log_dir.clone(),
+        data_dir: options.data_dir.clone(),
+        cgroup_root: options.cgroup_parent.clone(),
+        dns: parse_resolv_conf(&resolv_conf),
+    };
+    let cri = GrpcCri::new(&options.containerd).context("--containerd")?;
+    let runtime = PodRuntime::new(cri, settings, Path::new("/sys/fs/cgroup"));
+    tokio::spawn(runtime.clone().run_relist(std::time::Duration::from_millis(
+        options.relist_interval_ms.max(100),
+    )));
+    tracing::info!(containerd = %options.containerd.display(), "running pods through CRI");
     let target = Target {
         server: &server,
         node_api_port: options.node_api_port,
@@ -184,9 +214,15 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let facts = hostinfo::gather(Path::new("/"));
-        let node = session::node_info(&credentials.node_name, &facts, internal_ip(&server).await);
+        let runtime_version = runtime.runtime_version().await;
+        let node = session::node_info(
+            &credentials.node_name,
+            &facts,
+            internal_ip(&server).await,
+            &runtime_version,
+        );
         tracing::info!(node_api = %server.authority(options.node_api_port), "connecting to the node API");
-        let result = session::run(&target, node, &mut book, || backoff.reset()).await;
+        let result = session::run(&target, node, &mut book, &runtime, || backoff.reset()).await;
         let error = match result {
             Ok(()) => session::SessionError::Ended,
             Err(error) if error.is_fatal() => {

@@ -2,22 +2,20 @@
 //!
 //! One session: open a channel with the node's certificate, send `Hello`
 //! (always first), expect `Welcome` (the Node is registered by then), then
-//! serve two things until the stream breaks: the control plane's messages,
-//! applied to the [`PodBook`], and a heartbeat on the interval `Welcome`
-//! asked for. The caller reconnects when [`run`] returns.
+//! serve three things until the stream breaks: the control plane's messages,
+//! applied to the [`PodBook`] and handed to the pod runtime; the pod
+//! runtime's status reports, sent up as they appear; and a heartbeat on the
+//! interval `Welcome` asked for. The caller reconnects when [`run`] returns.
 //!
 //! The [`PodBook`] is the node's desired state, and pure: a `Snapshot`
 //! replaces it, each `Delta` must carry a higher revision than what came
 //! before it on the stream and is applied on top. It outlives sessions, so
 //! after a reconnect the fresh snapshot is compared with what the node
-//! already knew and only the differences are reported.
+//! already knew and only the differences reach the runtime; pods keep
+//! running while the control plane is away.
 //!
-//! The pod runtime (containerd through CRI) is not part of the agent yet:
-//! the changes are logged, and nothing is started or stopped. One thing is
-//! reported back all the same: a pod being deleted has, on this node, no
-//! containers left to stop (none were ever started), so the agent reports
-//! its stop as complete ([`stop_reports`]) and the control plane can finish
-//! the deletion instead of waiting on the node forever.
+//! Every session starts by re-sending every pod's newest status: the
+//! control plane may have missed any of them while the stream was down.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -29,7 +27,9 @@ use skiff_proto::node::v1::node_service_client::NodeServiceClient;
 use tokio::sync::mpsc;
 
 use crate::credentials::Credentials;
+use crate::cri::Cri;
 use crate::hostinfo::{self, HostFacts};
+use crate::runtime::executor::{PodReport, PodRuntime};
 use crate::server::{self, ServerAddress, ServerError};
 
 /// The node API protocol revision this agent speaks (see `node.proto`).
@@ -271,7 +271,12 @@ impl PodBook {
 }
 
 /// What the agent says about its node in `Hello`.
-pub fn node_info(name: &str, facts: &HostFacts, internal_ip: Option<IpAddr>) -> proto::NodeInfo {
+pub fn node_info(
+    name: &str,
+    facts: &HostFacts,
+    internal_ip: Option<IpAddr>,
+    container_runtime_version: &str,
+) -> proto::NodeInfo {
     let mut addresses = Vec::new();
     if let Some(ip) = internal_ip {
         addresses.push(proto::NodeAddress {
@@ -292,8 +297,8 @@ pub fn node_info(name: &str, facts: &HostFacts, internal_ip: Option<IpAddr>) -> 
         addresses,
         allocatable: capacity.clone(),
         capacity,
-        // No runtime is connected yet; an empty version says so.
-        container_runtime_version: String::new(),
+        // Empty while the runtime cannot be reached.
+        container_runtime_version: container_runtime_version.to_owned(),
         os_image: facts.os_image.clone(),
         kernel_version: facts.kernel_version.clone(),
         operating_system: std::env::consts::OS.to_owned(),
@@ -318,28 +323,18 @@ fn heartbeat() -> proto::AgentMessage {
     }
 }
 
-/// Reports for the pods in `changes` that are being deleted: their stop is
-/// complete, since this agent never starts containers yet.
-pub fn stop_reports(changes: &[(Change, DesiredPod)]) -> Vec<proto::AgentMessage> {
-    changes
-        .iter()
-        .filter(|(change, pod)| {
-            *change != Change::Removed && pod.deletion_grace_period_seconds.is_some()
-        })
-        .map(|(_, pod)| proto::AgentMessage {
-            message: Some(proto::agent_message::Message::PodStatus(
-                proto::PodStatusReport {
-                    uid: pod.uid.clone(),
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    // Nothing ran, so there is nothing to say; the control
-                    // plane defaults the phase.
-                    status_json: "{}".into(),
-                    terminated: true,
-                },
-            )),
-        })
-        .collect()
+fn status_message(report: PodReport) -> proto::AgentMessage {
+    proto::AgentMessage {
+        message: Some(proto::agent_message::Message::PodStatus(
+            proto::PodStatusReport {
+                uid: report.uid,
+                namespace: report.namespace,
+                name: report.name,
+                status_json: report.status.to_string(),
+                terminated: report.terminated,
+            },
+        )),
+    }
 }
 
 fn log_changes(changes: &[(Change, DesiredPod)]) {
@@ -351,16 +346,14 @@ fn log_changes(changes: &[(Change, DesiredPod)]) {
             }
             (_, Some(grace)) => tracing::info!(
                 pod = %pod_name, uid = %pod.uid, grace_seconds = grace,
-                "desired pod is being deleted; nothing was started for it here, so its stop is reported complete"
+                "desired pod is being deleted; stopping it"
             ),
-            (Change::Added, None) => tracing::info!(
-                pod = %pod_name, uid = %pod.uid,
-                "desired pod received (not started: the pod runtime is not implemented yet)"
-            ),
-            (Change::Changed, None) => tracing::info!(
-                pod = %pod_name, uid = %pod.uid,
-                "desired pod changed (not acted on: the pod runtime is not implemented yet)"
-            ),
+            (Change::Added, None) => {
+                tracing::info!(pod = %pod_name, uid = %pod.uid, "desired pod received")
+            }
+            (Change::Changed, None) => {
+                tracing::info!(pod = %pod_name, uid = %pod.uid, "desired pod changed")
+            }
         }
     }
 }
@@ -374,10 +367,11 @@ pub struct Target<'a> {
 
 /// Runs one session until the stream ends. `welcomed` is called once the
 /// control plane has accepted the node.
-pub async fn run(
+pub async fn run<C: Cri>(
     target: &Target<'_>,
     node: proto::NodeInfo,
     book: &mut PodBook,
+    runtime: &PodRuntime<C>,
     mut welcomed: impl FnMut(),
 ) -> Result<(), SessionError> {
     let credentials = target.credentials;
@@ -422,19 +416,35 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; Hello has just renewed the node.
     ticker.tick().await;
+    runtime.reports().resend_all();
     let result = loop {
         tokio::select! {
+            _ = runtime.reports().changed() => {
+                let mut sent = Ok(());
+                for report in runtime.reports().take_unsent() {
+                    if sender.send(status_message(report)).await.is_err() {
+                        sent = Err(SessionError::Ended);
+                        break;
+                    }
+                }
+                if let Err(error) = sent {
+                    // Whatever was taken is sent again on the next stream.
+                    break Err(error);
+                }
+            }
             message = inbound.message() => {
                 let event = match message {
                     Ok(Some(message)) => ControlEvent::try_from(message),
                     Ok(None) => break Err(SessionError::Ended),
                     Err(status) => break Err(status.into()),
                 };
+                let mut snapshot = false;
                 let changes = match event {
                     Ok(ControlEvent::Snapshot { revision, pods }) => {
                         let count = pods.len();
                         let changes = book.apply_snapshot(revision, pods);
                         tracing::info!(revision, pods = count, changes = changes.len(), "received the node's snapshot");
+                        snapshot = true;
                         changes
                     }
                     Ok(ControlEvent::Delta { revision, upserted, removed }) => {
@@ -450,11 +460,7 @@ pub async fn run(
                     Err(error) => break Err(error),
                 };
                 log_changes(&changes);
-                for report in stop_reports(&changes) {
-                    if sender.send(report).await.is_err() {
-                        break;
-                    }
-                }
+                runtime.apply_changes(&changes, snapshot);
             }
             _ = ticker.tick() => {
                 if sender.send(heartbeat()).await.is_err() {
@@ -569,25 +575,6 @@ mod tests {
     }
 
     #[test]
-    fn only_deleting_pods_are_reported_stopped() {
-        let mut deleting = pod("u1", "a");
-        deleting.deletion_grace_period_seconds = Some(30);
-        let changes = vec![
-            (Change::Changed, deleting.clone()),
-            (Change::Added, pod("u2", "b")),
-            (Change::Removed, deleting),
-        ];
-        let reports = stop_reports(&changes);
-        assert_eq!(reports.len(), 1);
-        match &reports[0].message {
-            Some(proto::agent_message::Message::PodStatus(report)) => {
-                assert_eq!((report.uid.as_str(), report.terminated), ("u1", true));
-            }
-            other => panic!("expected a pod status report, got {other:?}"),
-        }
-    }
-
-    #[test]
     fn refusals_are_fatal_and_outages_are_not() {
         assert!(SessionError::from(tonic::Status::permission_denied("other node")).is_fatal());
         assert!(!SessionError::from(tonic::Status::unavailable("restarting")).is_fatal());
@@ -607,7 +594,12 @@ mod tests {
             system_uuid: String::new(),
             architecture: "amd64".into(),
         };
-        let info = node_info("worker-1", &facts, Some("10.0.0.5".parse().expect("ip")));
+        let info = node_info(
+            "worker-1",
+            &facts,
+            Some("10.0.0.5".parse().expect("ip")),
+            "containerd://1.6.20",
+        );
         assert_eq!(info.addresses[0].r#type, "InternalIP");
         assert_eq!(info.addresses[0].address, "10.0.0.5");
         assert_eq!(info.addresses[1].r#type, "Hostname");
@@ -615,5 +607,6 @@ mod tests {
         assert_eq!(info.capacity["memory"], "4194304Ki");
         assert_eq!(info.allocatable, info.capacity);
         assert!(info.agent_version.starts_with("v1.33.0-skiff."));
+        assert_eq!(info.container_runtime_version, "containerd://1.6.20");
     }
 }

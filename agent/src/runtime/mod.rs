@@ -9,6 +9,9 @@
 //!   a [`crate::cri::Cri`], and a relist that feeds the workers what the
 //!   runtime shows.
 
+pub mod executor;
+#[cfg(test)]
+pub mod fake;
 pub mod observed;
 pub mod plan;
 pub mod quantity;

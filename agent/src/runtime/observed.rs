@@ -77,7 +77,7 @@ impl TryFrom<cri::PodSandbox> for ObservedSandbox {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ContainerState {
     Created,
     Running,
