@@ -19,8 +19,10 @@
 pub mod backoff;
 pub mod credentials;
 pub mod cri;
+pub mod endpoint;
 pub mod hostinfo;
 pub mod join;
+pub mod logs;
 pub mod runtime;
 pub mod server;
 pub mod session;

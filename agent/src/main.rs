@@ -70,6 +70,13 @@ struct Options {
     /// The resolv.conf whose DNS settings pods get.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// Address of the agent's HTTPS endpoint (logs), which only the
+    /// control plane may call.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// Port of the agent's HTTPS endpoint; the control plane assumes 10250.
+    #[arg(long, default_value_t = skiff_agent::endpoint::DEFAULT_PORT)]
+    port: u16,
     /// How often the runtime is listed to notice exits and strays.
     #[arg(long, default_value_t = 1000)]
     relist_interval_ms: u64,
@@ -191,9 +198,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
         tracing::warn!(%error, path = %options.resolv_conf.display(), "pods get no DNS settings");
         String::new()
     });
+    let settings_host_ip = internal_ip(&server).await.map(|ip| ip.to_string());
     let settings = NodeSettings {
         node_name: credentials.node_name.clone(),
-        host_ip: internal_ip(&server).await.map(|ip| ip.to_string()),
+        host_ip: settings_host_ip.clone(),
         log_root: options.pod_log_dir.clone(),
         data_dir: options.data_dir.clone(),
         cgroup_root: options.cgroup_parent.clone(),
@@ -205,6 +213,23 @@ async fn run(options: Options) -> anyhow::Result<()> {
         options.relist_interval_ms.max(100),
     )));
     tracing::info!(containerd = %options.containerd.display(), "running pods through CRI");
+
+    let mut names = vec![credentials.node_name.clone()];
+    names.extend(settings_host_ip.clone());
+    let tls = skiff_agent::endpoint::tls_config(&credentials.ca_pem, &names)
+        .context("cannot set up the agent endpoint's TLS")?;
+    let endpoint = SocketAddr::new(options.address, options.port);
+    // Pods matter more than their logs: without the endpoint the agent
+    // still runs them.
+    match tokio::net::TcpListener::bind(endpoint).await {
+        Ok(listener) => {
+            tracing::info!(address = %endpoint, "serving container logs to the control plane");
+            tokio::spawn(skiff_agent::endpoint::serve(listener, tls, runtime.clone()));
+        }
+        Err(error) => {
+            tracing::error!(address = %endpoint, %error, "cannot listen for the control plane; container logs will not be served")
+        }
+    }
     let target = Target {
         server: &server,
         node_api_port: options.node_api_port,

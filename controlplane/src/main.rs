@@ -146,6 +146,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
         &pki::default_serving_names(&sans, Some(IpAddr::V4(api_service_ip))),
     )
     .context("cannot set up certificates")?;
+    skiff_controlplane::api::agentproxy::configure(&data_dir)
+        .context("cannot set up calls to node agents")?;
     let server_url = format!(
         "https://{}",
         SocketAddr::new(advertise, options.secure_port)

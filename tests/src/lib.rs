@@ -1241,3 +1241,130 @@ impl Background {
         wait_until(timeout, || pred(&self.stderr()))
     }
 }
+
+// ---------------------------------------------------------------------------
+// Pod runtime: a control plane that node namespaces reach, agents inside them
+// ---------------------------------------------------------------------------
+
+impl ControlPlane {
+    /// Starts a control plane like [`ControlPlane::start`], but listening on
+    /// every address and with `san` (the underlay gateway) in its serving
+    /// certificate, so that agents inside node namespaces reach it at `san`.
+    /// kubectl still uses 127.0.0.1. Not restartable with
+    /// [`ControlPlane::restart`], which binds loopback again.
+    #[track_caller]
+    pub fn start_reachable_at(san: &str) -> ControlPlane {
+        let tmp = tempfile::Builder::new()
+            .prefix("skiff-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let root = tmp.path().to_path_buf();
+        fs::create_dir_all(root.join("data")).unwrap();
+        let mut cp = ControlPlane {
+            tmp: Some(tmp),
+            root,
+            port: 0,
+            node_api_port: 0,
+            child: None,
+            starts: 0,
+            http: OnceLock::new(),
+            scratch_counter: AtomicU64::new(0),
+        };
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            cp.port = free_port();
+            cp.node_api_port = free_port();
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(cp.log_path())
+                .expect("cannot open the control plane log");
+            let mut cmd = Command::new(controlplane_bin());
+            cmd.arg("--data-dir")
+                .arg(cp.data_dir())
+                .args(["--bind-address", "0.0.0.0", "--tls-san", san])
+                .arg("--secure-port")
+                .arg(cp.port.to_string())
+                .arg("--node-api-port")
+                .arg(cp.node_api_port.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            scrub_env(&mut cmd);
+            cmd.env("RUST_LIB_BACKTRACE", "0");
+            if env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            cp.starts += 1;
+            cp.child = Some(cmd.spawn().expect("cannot run the control plane"));
+            let ready = wait_until(READY_TIMEOUT, || {
+                let exited = cp
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                exited
+                    || (anonymous_get(&cp.base_url(), "/readyz").0 == 200
+                        && cp.kubeconfig().is_file())
+            });
+            let alive = cp
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            if ready && alive {
+                return cp;
+            }
+            cp.kill9();
+            last_err = "did not become ready (or exited)".into();
+        }
+        panic!(
+            "control plane did not start: {last_err}\n{}",
+            cp.log_excerpt()
+        );
+    }
+
+    /// A `skiff-agent` command for a node that reaches this control plane
+    /// at `server_host` (see [`ControlPlane::start_reachable_at`]); wrap it
+    /// in a namespace with [`pod_runtime_agent_in`].
+    pub fn agent_args_at(
+        &self,
+        server_host: &str,
+        token: Option<&str>,
+        node_name: &str,
+        data_dir: &Path,
+    ) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--server".into(),
+            format!("https://{server_host}:{}", self.port).into(),
+            "--node-api-port".into(),
+            self.node_api_port.to_string().into(),
+            "--node-name".into(),
+            node_name.into(),
+            "--data-dir".into(),
+            data_dir.into(),
+        ];
+        if let Some(token) = token {
+            args.push("--token".into());
+            args.push(token.into());
+        }
+        args
+    }
+}
+
+/// Starts the agent binary inside `node` (network namespace only) with
+/// `args`, its environment scrubbed like every child of the harness.
+pub fn pod_runtime_agent_in(node: &netns::NodeNetns, args: &[std::ffi::OsString]) -> Background {
+    let bin = agent_bin();
+    assert!(
+        bin.is_file(),
+        "agent binary not found at {} (build it with `cargo build -p skiff-agent`)",
+        bin.display()
+    );
+    let mut cmd = node.command(bin);
+    cmd.args(args);
+    scrub_env(&mut cmd);
+    cmd.env_remove("SKIFF_TOKEN");
+    if env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    Background::spawn(cmd, None)
+}

@@ -360,6 +360,9 @@ async fn resource(
             let pod = registry.get(info, namespace, name).await?;
             match objects::str_at(&pod, "/spec/nodeName").filter(|node| !node.is_empty()) {
                 None => Err(ApiError::BadRequest(format!("pod {name} does not have a host assigned"))),
+                Some(node) if sub == "log" => {
+                    super::agentproxy::container_logs(registry, &pod, node, query).await
+                }
                 Some(node) => Err(ApiError::ServiceUnavailable(format!(
                     "the node agent of node {node} is not connected, so pod {name}'s {sub} cannot be reached"
                 ))),

@@ -1,6 +1,7 @@
 //! The Kubernetes REST API: request parsing, the object registry, watch,
 //! and the HTTP handlers that tie them together.
 
+pub mod agentproxy;
 pub mod errors;
 pub mod handlers;
 pub mod objects;

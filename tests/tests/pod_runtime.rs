@@ -1,0 +1,331 @@
+//! The pod runtime end to end: a real agent inside a node namespace runs
+//! pods on a private containerd, driven by real kubectl.
+//!
+//! One node: a network namespace on an underlay bridge, a private
+//! containerd inside it (pause and web app images imported), the control
+//! plane in the root namespace reachable through the underlay gateway, and
+//! `skiff-agent` started inside the namespace. A web app pod then goes
+//! Pending → Running with an IP, answers from inside the node, shows its
+//! logs, restarts after `/cgi-bin/kill`, survives an agent restart with the
+//! same container IDs, and is removed from containerd when deleted.
+//!
+//! Needs root, containerd, runc, busybox-static, the reference CNI plugins
+//! and iproute2 (`scripts/install-deps.sh`).
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_e2e::containerd::PrivateContainerd;
+use skiff_e2e::images::{self, parse_webapp_reply};
+use skiff_e2e::netns::{NodeNetns, Underlay};
+use skiff_e2e::{pod_runtime_agent_in, run_command, wait_until, Background, ControlPlane, Kubectl};
+
+const NODE: &str = "e2e-pod-node";
+const CONNECTED: &str = "connected: the node is registered";
+
+fn require_root() {
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned));
+    assert_eq!(uid.as_deref(), Some("0"), "this test needs root");
+}
+
+/// Short, because containerd's socket paths live inside.
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("skp")
+        .tempdir_in("/tmp")
+        .expect("temporary directory")
+}
+
+/// `busybox wget` inside the node (its own -T crashes Debian's static
+/// busybox, hence `timeout`).
+fn wget(node: &NodeNetns, url: &str) -> skiff_e2e::Output {
+    let mut cmd = node.command("timeout");
+    cmd.args(["5", "busybox", "wget", "-q", "-O", "-", url]);
+    run_command(cmd, None)
+}
+
+fn pod_json(k: &Kubectl, name: &str) -> Value {
+    k.get_json(&["pod", name])
+}
+
+fn container_status(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+fn agent_args(
+    cp: &ControlPlane,
+    gateway: &str,
+    token: Option<&str>,
+    cd: &PrivateContainerd,
+    dir: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut args = cp.agent_args_at(gateway, token, NODE, &dir.join("agent"));
+    for (flag, value) in [
+        ("--containerd", cd.socket().display().to_string()),
+        ("--pod-log-dir", dir.join("logs").display().to_string()),
+        ("--cgroup-parent", cd.cgroup_parent().to_owned()),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args
+}
+
+fn containerd_containers(cd: &PrivateContainerd) -> Vec<String> {
+    let mut cmd = cd.ctr();
+    cmd.args(["containers", "list", "--quiet"]);
+    let out = run_command(cmd, None);
+    out.assert_success();
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+fn pod_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels:
+    app: web
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: web
+    image: {image}
+    command: ["/bin/sh", "-c", "echo \"web app starting on $POD_NAME at $POD_IP\"; exec /bin/webapp"]
+    env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: GREETING
+      value: hello
+    ports:
+    - containerPort: 80
+"#,
+        image = images::webapp_image_name("1.0"),
+    )
+}
+
+#[test]
+fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
+    require_root();
+    let began = Instant::now();
+    let images_dir = tempdir();
+    let pause = images::pause_image(images_dir.path()).expect("pause image");
+    let webapp = images::webapp_image(images_dir.path(), "1.0").expect("web app image");
+
+    let underlay = Underlay::with_free_subnet("pr", 1).expect("underlay");
+    let node = underlay.node(0).clone();
+    let gateway = underlay.gateway().to_string();
+    let dir = tempdir();
+    let cd = PrivateContainerd::start(Some(&node), &dir.path().join("cd")).expect("containerd");
+    cd.import(&pause).expect("import pause");
+    cd.import(&webapp).expect("import web app");
+
+    let cp = ControlPlane::start_reachable_at(&gateway);
+    let token = cp.create_token();
+    let mut agent: Background = pod_runtime_agent_in(
+        &node,
+        &agent_args(&cp, &gateway, Some(&token), &cd, dir.path()),
+    );
+    assert!(
+        agent.wait_for_stderr(Duration::from_secs(30), |log| log.contains(CONNECTED)),
+        "the agent did not connect\n--- agent log ---\n{}",
+        agent.stderr()
+    );
+    let kubectls = cp.kubectls();
+    let k = &kubectls[0];
+    let node_json = k.get_json(&["node", NODE]);
+    assert!(
+        node_json["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("containerd://")),
+        "{node_json:#}"
+    );
+
+    // Pending → Running, as a watch sees it.
+    let watch = k.spawn(&["get", "pods", "--watch"]);
+    let manifest = cp.file("web.yaml", pod_yaml("web"));
+    let created = Instant::now();
+    k.ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
+    assert!(
+        watch.wait_for_stdout(Duration::from_secs(30), |out| out
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("Running"))),
+        "the pod never ran\n--- watch ---\n{}\n--- agent log ---\n{}",
+        watch.stdout(),
+        agent.stderr()
+    );
+    println!(
+        "timing: pod start, kubectl create to Running in the watch: {} ms",
+        created.elapsed().as_millis()
+    );
+    println!("--- agent log until Running ---\n{}", agent.stderr());
+    let seen = watch.kill().stdout;
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("web ")
+                && (l.contains("Pending") || l.contains("ContainerCreating"))),
+        "the watch never showed the pod pending\n{seen}"
+    );
+
+    let pod = pod_json(k, "web");
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .expect("a pod IP")
+        .to_owned();
+    assert_eq!(pod["status"]["hostIP"], node.ip.to_string(), "{pod:#}");
+    let status = container_status(&pod);
+    assert_eq!(status["ready"], true, "{pod:#}");
+    assert_eq!(status["restartCount"], 0, "{pod:#}");
+    let first_id = status["containerID"]
+        .as_str()
+        .expect("containerID")
+        .to_owned();
+    assert!(first_id.starts_with("containerd://"), "{pod:#}");
+    assert!(
+        status["imageID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sha256:")),
+        "{pod:#}"
+    );
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "True", "{pod:#}");
+
+    // The app answers inside the node, with the pod's name as hostname.
+    let answer = wget(&node, &format!("http://{ip}/"));
+    answer.assert_success();
+    assert_eq!(
+        parse_webapp_reply(&answer.stdout),
+        Some(("1.0".to_owned(), "web".to_owned())),
+        "{answer}"
+    );
+    let env = wget(&node, &format!("http://{ip}/cgi-bin/env"));
+    env.assert_success();
+    for line in [
+        "GREETING=hello".to_owned(),
+        "POD_NAME=web".to_owned(),
+        format!("POD_IP={ip}"),
+        "HOSTNAME=web".to_owned(),
+    ] {
+        assert!(env.stdout.lines().any(|l| l == line), "no {line}\n{env}");
+    }
+
+    // Logs, with every kubectl release.
+    for k in &kubectls {
+        skiff_e2e::section(k);
+        k.ok(&["logs", "web"])
+            .assert_stdout_contains(&format!("web app starting on web at {ip}"));
+        let stamped = k.ok(&["logs", "web", "--timestamps", "--tail=1"]);
+        assert!(
+            stamped.stdout.starts_with("20") && stamped.stdout.contains(" web app starting"),
+            "{stamped}"
+        );
+        assert_eq!(k.ok(&["get", "pods"]).row("web")[2], "Running");
+    }
+
+    // /cgi-bin/kill: the container exits and comes back once.
+    let killed = wget(&node, &format!("http://{ip}/cgi-bin/kill"));
+    assert!(killed.stdout.contains("exiting"), "{killed}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let pod = pod_json(k, "web");
+            container_status(&pod)["restartCount"] == 1
+                && container_status(&pod)["state"]["running"].is_object()
+        }),
+        "the container did not restart\n{:#}\n--- agent log ---\n{}",
+        pod_json(k, "web"),
+        agent.stderr()
+    );
+    let row = k.ok(&["get", "pods"]).row("web");
+    assert_eq!(
+        (row[2].as_str(), row[3].as_str()),
+        ("Running", "1"),
+        "{row:?}"
+    );
+    let pod = pod_json(k, "web");
+    let status = container_status(&pod);
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 1, "{pod:#}");
+    let second_id = status["containerID"]
+        .as_str()
+        .expect("containerID")
+        .to_owned();
+    assert_ne!(second_id, first_id);
+    k.ok(&["logs", "web", "--previous"])
+        .assert_stdout_contains("webapp: exiting on /kill");
+    assert!(
+        wait_until(Duration::from_secs(10), || wget(
+            &node,
+            &format!("http://{ip}/")
+        )
+        .success()),
+        "the restarted app does not answer"
+    );
+
+    // An agent restart adopts the pod: same container, nothing started.
+    let first_run = agent.kill();
+    let containers_before = containerd_containers(&cd);
+    agent = pod_runtime_agent_in(&node, &agent_args(&cp, &gateway, None, &cd, dir.path()));
+    assert!(
+        agent.wait_for_stderr(Duration::from_secs(30), |log| log.contains(CONNECTED)),
+        "the restarted agent did not connect\n--- agent log ---\n{}",
+        agent.stderr()
+    );
+    // A few relists' worth of time to do anything it would wrongly do.
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = pod_json(k, "web");
+    assert_eq!(
+        container_status(&pod)["containerID"],
+        second_id.as_str(),
+        "{pod:#}"
+    );
+    assert_eq!(container_status(&pod)["restartCount"], 1, "{pod:#}");
+    assert_eq!(containerd_containers(&cd), containers_before);
+    let log = agent.stderr();
+    assert!(
+        !log.contains("container started") && !log.contains("stopping"),
+        "the restarted agent touched the pod\n--- first run ---\n{}\n--- second run ---\n{log}",
+        first_run.stderr
+    );
+    assert!(wget(&node, &format!("http://{ip}/")).success());
+
+    // Deletion stops and removes the containers, then the pod goes away.
+    let kubectl_133 = kubectls.last().expect("a kubectl");
+    kubectl_133.ok(&["delete", "pod", "web", "--timeout=60s"]);
+    assert!(!k.exists("pod", "web"));
+    assert!(
+        wait_until(Duration::from_secs(10), || containerd_containers(&cd)
+            .is_empty()),
+        "containers left in containerd: {:?}\n--- agent log ---\n{}",
+        containerd_containers(&cd),
+        agent.stderr()
+    );
+    assert!(
+        !dir.path()
+            .join("logs")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "the pod's log directory was not removed"
+    );
+
+    drop(agent);
+    cd.shutdown().expect("containerd teardown");
+    underlay.delete().expect("underlay teardown");
+    println!("timing: whole test: {} ms", began.elapsed().as_millis());
+}
