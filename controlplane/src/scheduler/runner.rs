@@ -88,7 +88,9 @@ pub fn set_condition(
     let Some(conditions) = pod["status"]["conditions"].as_array_mut() else {
         return false;
     };
-    let mut condition = json!({"type": condition_type, "status": status, "lastProbeTime": null});
+    // No `lastProbeTime`: the scheduler never probes, and the stored pod
+    // drops a null one, which would make every comparison a change.
+    let mut condition = json!({"type": condition_type, "status": status});
     if let Some(reason) = reason {
         condition["reason"] = json!(reason);
     }
@@ -120,6 +122,19 @@ pub fn set_condition(
         }
     }
     true
+}
+
+/// Whether a pod changed in something placement could depend on: not
+/// only its status or its resourceVersion (Kubernetes' `isPodUpdated`).
+fn placement_inputs_differ(old: &Pod, new: &Pod) -> bool {
+    let strip = |pod: &Pod| {
+        let mut pod = pod.clone();
+        pod.status = None;
+        pod.metadata.resource_version = None;
+        pod.metadata.managed_fields = None;
+        pod
+    };
+    strip(old) != strip(new)
 }
 
 /// What the scheduler knows, folded from list and watch events.
@@ -160,8 +175,12 @@ impl State {
         match pod.filter(|pod| needs_scheduling(pod)) {
             Some(pod) => {
                 let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-                self.pending.insert(key.to_owned(), pod.clone());
-                self.queue.add(key, priority, now);
+                let previous = self.pending.insert(key.to_owned(), pod.clone());
+                // A status write (our own PodScheduled condition, mostly)
+                // cannot make a pod fit, so it does not end its wait.
+                if previous.is_none_or(|previous| placement_inputs_differ(&previous, pod)) {
+                    self.queue.add(key, priority, now);
+                }
             }
             None => {
                 self.pending.remove(key);
@@ -580,6 +599,36 @@ mod tests {
         let later = now + Duration::from_secs(1);
         assert_eq!(state.queue.pop(later).as_deref(), Some("/p/two"));
         assert_eq!(state.cluster.schedule(&pending_pod("two")), Ok("a".into()));
+    }
+
+    #[test]
+    fn status_writes_do_not_wake_a_parked_pod_but_spec_changes_do() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.apply_pod("/p/x", Some(&pending_pod("x")), 1, now);
+        state.queue.pop(now);
+        state.queue.unschedulable("/p/x", now);
+        let mut with_condition = json!({"metadata": {"name": "x", "namespace": "default", "uid": "x"},
+            "spec": {"containers": [{"name": "c", "image": "x"}], "schedulerName": "default-scheduler"}});
+        set_condition(
+            &mut with_condition,
+            "PodScheduled",
+            "False",
+            Some("Unschedulable"),
+            Some("m"),
+            "2025-01-01T00:00:00Z",
+        );
+        with_condition["metadata"]["resourceVersion"] = json!("2");
+        state.apply_pod("/p/x", Some(&pod(with_condition)), 2, now);
+        let later = now + Duration::from_secs(60);
+        assert_eq!(state.queue.pop(later), None);
+        let mut tolerant = pending_pod("x");
+        tolerant.spec.as_mut().expect("spec").tolerations =
+            Some(vec![
+                serde_json::from_value(json!({"operator": "Exists"})).expect("toleration")
+            ]);
+        state.apply_pod("/p/x", Some(&tolerant), 3, later);
+        assert_eq!(state.queue.pop(later).as_deref(), Some("/p/x"));
     }
 
     #[test]
