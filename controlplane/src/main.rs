@@ -14,7 +14,9 @@ use skiff_controlplane::allocators::{
 use skiff_controlplane::api::handlers::ServerFacts;
 use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::gc::GarbageCollector;
+use skiff_controlplane::controllers::replication::ReplicationManager;
 use skiff_controlplane::nodeapi::{self, token::TokenStore};
+use skiff_controlplane::scheduler::Scheduler;
 use skiff_controlplane::{bootstrap, pki, server};
 use skiff_store::{KvStore, RedbStore, RedbStoreOptions};
 
@@ -171,6 +173,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .context("cannot create the default namespaces and the kubernetes Service")?;
 
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
+    tokio::spawn(Scheduler::new(registry.clone()).run());
+    tokio::spawn(ReplicationManager::new(registry.clone()).run());
 
     let facts = Arc::new(ServerFacts {
         ca_pem: pki.ca_pem.clone(),
