@@ -135,31 +135,40 @@ fn configmap_family(k: &Kubectl, owner: &str) -> [String; 2] {
     deps
 }
 
-/// Creates a ReplicationController and two pods it controls (made by hand:
-/// no controller creates pods in this milestone).
+/// Creates a ReplicationController with two replicas and returns the names
+/// of the two pods its controller creates for it.
 fn rc_family(k: &Kubectl, rc: &str) -> [String; 2] {
     let label = rc.to_owned();
     let mut spec: serde_json::Value = serde_json::from_str(&rc_json(rc, &label)).unwrap();
     spec["spec"]["replicas"] = json!(2);
     k.ok_stdin(&["create", "-f", "-"], &spec.to_string());
     let rc_uid = uid(k, "rc", rc);
-    let pods = [format!("{rc}-a"), format!("{rc}-b")];
-    for p in &pods {
-        let obj = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": p,
-                "labels": {"name": label},
-                "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "ReplicationController", "name": rc, "uid": rc_uid,
-                    "controller": true, "blockOwnerDeletion": true
-                }]
-            },
-            "spec": {"containers": [{"name": "c", "image": "nginx:1.19"}]}
-        });
-        k.ok_stdin(&["create", "-f", "-"], &obj.to_string());
-    }
-    pods
+    let mut pods = Vec::new();
+    let created = wait_until(GC_TIMEOUT, || {
+        pods = k.get_json(&["pods", "-l", &format!("name={label}")])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["metadata"]["ownerReferences"][0]["uid"] == rc_uid.as_str())
+    });
+    assert!(
+        created,
+        "the controller did not create 2 pods for {rc}\n{}",
+        k.run(&["get", "pods", "--show-labels"])
+    );
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    [names[0].clone(), names[1].clone()]
 }
 
 #[track_caller]
