@@ -288,3 +288,68 @@ fn a_pod_that_fits_nowhere_stays_pending_and_says_why() {
     });
     assert!(bound, "{}", k.run(&["get", "pod", "picky", "-o", "yaml"]));
 }
+
+#[test]
+fn a_replica_set_adopts_a_matching_pod_and_keeps_its_count() {
+    let cp = ControlPlane::start();
+    let k = cp.kubectl();
+    let _agents = start_nodes(&cp, &k);
+
+    // A bare pod that the ReplicaSet's selector will match.
+    let stray = cp.file(
+        "stray.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\n  labels:\n    app: api\nspec:\n  containers:\n  - name: c\n    image: registry.example/nginx:1\n",
+    );
+    k.ok(&["create", "-f", stray.to_str().unwrap()]);
+    wait_for_bound(&k, "app=api", 1);
+
+    let rs = cp.file(
+        "rs.yaml",
+        "apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: api
+spec:
+  replicas: 2
+  selector:
+    matchExpressions:
+    - {key: app, operator: In, values: [api]}
+  template:
+    metadata:
+      labels:
+        app: api
+    spec:
+      containers:
+      - name: c
+        image: registry.example/nginx:1
+",
+    );
+    k.ok(&["create", "-f", rs.to_str().unwrap()]);
+    let rs_uid = k.get_json(&["rs", "api"])["metadata"]["uid"].clone();
+    let mut pods = Vec::new();
+    let adopted = wait_until(SETTLE, || {
+        pods = active_pods(&k, "app=api");
+        pods.len() == 2
+            && pods.iter().all(|p| {
+                node_of(p).is_some() && p["metadata"]["ownerReferences"][0]["uid"] == rs_uid
+            })
+    });
+    assert!(adopted, "{}", k.run(&["get", "pods", "-o", "yaml"]));
+    assert!(
+        pods.iter().any(|p| name_of(p) == "stray"),
+        "the matching pod was not adopted: {pods:#?}"
+    );
+    let settled = wait_until(SETTLE, || {
+        let row = k.ok(&["get", "rs", "api"]).row("api");
+        row.get(1).map(String::as_str) == Some("2") && row.get(2).map(String::as_str) == Some("2")
+    });
+    assert!(settled, "{}", k.run(&["get", "rs", "api"]));
+
+    k.ok(&["delete", "rs", "api"]);
+    let gone = wait_until(SETTLE, || {
+        k.get_json(&["pods", "-l", "app=api"])["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert!(gone, "{}", k.run(&["get", "pods", "-o", "wide"]));
+}

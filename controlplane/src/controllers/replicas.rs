@@ -339,10 +339,15 @@ fn is_owned_by(pod: &PodInfo, owner: &ReplicaOwner) -> bool {
 /// Decides what `owner` does about `pods` (every pod in its namespace) at
 /// `now`. With `manage` false (expectations outstanding) it only claims
 /// and reports.
-pub fn plan(owner: &ReplicaOwner, pods: &[PodInfo], now: Timestamp, manage: bool) -> ReplicaPlan {
+pub fn plan<'a>(
+    owner: &ReplicaOwner,
+    pods: impl IntoIterator<Item = &'a PodInfo>,
+    now: Timestamp,
+    manage: bool,
+) -> ReplicaPlan {
     let mut result = ReplicaPlan::default();
     let mut claimed: Vec<&PodInfo> = Vec::new();
-    for pod in pods.iter().filter(|pod| pod.is_active()) {
+    for pod in pods.into_iter().filter(|pod| pod.is_active()) {
         let matches = owner.selector.matches(&pod.labels);
         match &pod.controller {
             Some(_) if is_owned_by(pod, owner) => {

@@ -78,13 +78,6 @@ pub struct Caches {
 }
 
 impl Caches {
-    fn pods_in(&self, namespace: &str) -> Vec<PodInfo> {
-        self.pods
-            .get(namespace)
-            .map(|pods| pods.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
     /// Owners a pod matters to: its controller, or for an orphan every
     /// owner in its namespace that would adopt it.
     fn interested(&self, pod: &PodInfo) -> Vec<OwnerKey> {
@@ -326,9 +319,14 @@ impl ReplicationManager {
             state.expectations.forget(key);
             return Ok(Action::default());
         };
-        let pods = state.caches.pods_in(&key.namespace);
         let manage = state.expectations.satisfied(key, tick);
-        let plan = replicas::plan(&owner, &pods, now, manage);
+        let pods = state
+            .caches
+            .pods
+            .get(&key.namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values);
+        let plan = replicas::plan(&owner, pods, now, manage);
 
         let mut failure: Option<(&'static str, ReplicationError)> = None;
         for pod in &plan.release {
