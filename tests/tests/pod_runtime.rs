@@ -117,6 +117,66 @@ spec:
     )
 }
 
+/// How many pods the latency measurement starts: `SKIFF_E2E_POD_STARTS`,
+/// 5 by default.
+fn pod_starts() -> usize {
+    std::env::var("SKIFF_E2E_POD_STARTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// Creates `count` pods one at a time; returns each one's milliseconds
+/// from running `kubectl create` to its Running line in a watch. The pods
+/// are deleted afterwards without waiting.
+fn pod_start_latencies(cp: &ControlPlane, k: &Kubectl, count: usize) -> Vec<u128> {
+    let watch = k.spawn(&[
+        "get",
+        "pods",
+        "--watch",
+        "--no-headers",
+        "-o",
+        "custom-columns=NAME:.metadata.name,PHASE:.status.phase",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut samples = Vec::new();
+    let mut names = Vec::new();
+    let mut create_ms = Vec::new();
+    for i in 0..count {
+        let name = format!("latency-{i}");
+        let manifest = cp.file(&format!("{name}.yaml"), pod_yaml(&name));
+        let started = Instant::now();
+        k.ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
+        create_ms.push(started.elapsed().as_millis());
+        let running = format!("{name} ");
+        let deadline = started + Duration::from_secs(20);
+        loop {
+            let out = watch.stdout();
+            if out
+                .lines()
+                .any(|l| l.starts_with(&running) && l.trim_end().ends_with("Running"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not run
+{out}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        samples.push(started.elapsed().as_millis());
+        names.push(name);
+    }
+    drop(watch);
+    println!("timing: of which kubectl create itself took (ms): {create_ms:?}");
+    let mut delete = vec!["delete", "pod", "--wait=false"];
+    delete.extend(names.iter().map(String::as_str));
+    k.ok(&delete);
+    samples
+}
+
 #[test]
 fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
     require_root();
@@ -304,6 +364,20 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         first_run.stderr
     );
     assert!(wget(&node, &format!("http://{ip}/")).success());
+
+    // Pod start latency: pods created one after another, each timed from
+    // `kubectl create` to Running in a watch that was already open.
+    let samples = pod_start_latencies(&cp, k, pod_starts());
+    let mut sorted = samples.clone();
+    sorted.sort();
+    println!(
+        "timing: pod start over {} pods: p50 {} ms, p90 {} ms, max {} ms (samples {:?})",
+        sorted.len(),
+        sorted[sorted.len() / 2],
+        sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)],
+        sorted[sorted.len() - 1],
+        samples
+    );
 
     // Deletion stops and removes the containers, then the pod goes away.
     let kubectl_133 = kubectls.last().expect("a kubectl");
