@@ -778,9 +778,8 @@ fn image_pull_policy(container: &k8s_openapi::api::core::v1::Container, image: &
     }
     // Kubernetes' default: Always for :latest or no tag, else IfNotPresent.
     let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') {
-        "IfNotPresent".into()
-    } else if last.contains(':') && !last.ends_with(":latest") {
+    let pinned = image.contains('@') || (last.contains(':') && !last.ends_with(":latest"));
+    if pinned {
         "IfNotPresent".into()
     } else {
         "Always".into()

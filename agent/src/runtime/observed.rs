@@ -213,7 +213,7 @@ impl ObservedPod {
     pub fn containers_named(&self, name: &str) -> Vec<&ObservedContainer> {
         let mut found: Vec<&ObservedContainer> =
             self.containers.iter().filter(|c| c.name == name).collect();
-        found.sort_by(|a, b| (b.attempt, b.created_at).cmp(&(a.attempt, a.created_at)));
+        found.sort_by_key(|c| std::cmp::Reverse((c.attempt, c.created_at)));
         found
     }
 

@@ -203,8 +203,9 @@ fn qos_class(desired: &Desired) -> &'static str {
         let limits = resources.limits.unwrap_or_default();
         for name in ["cpu", "memory"] {
             let request = requests.get(name).or(limits.get(name));
-            any |= request.is_some() || limits.get(name).is_some();
-            guaranteed &= limits.get(name).is_some() && request == limits.get(name);
+            let limit = limits.get(name);
+            any |= request.is_some() || limit.is_some();
+            guaranteed &= limit.is_some() && request == limit;
         }
     }
     match (any, guaranteed) {
