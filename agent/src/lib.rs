@@ -1,5 +1,5 @@
-//! Skiff's node agent: it joins the cluster, registers its node, and
-//! follows the node's desired state over the node API.
+//! Skiff's node agent: it joins the cluster, registers its node, and runs
+//! the node's desired pods, following them over the node API.
 //!
 //! Mechanism, in order:
 //! 1. Credentials ([`credentials`]): reused from the data directory when the
@@ -9,12 +9,14 @@
 //! 2. A session ([`session`]) over mutual TLS: `Hello` with what
 //!    [`hostinfo`] found out about the host, then a snapshot of the node's
 //!    pods and deltas, with heartbeats going up.
-//! 3. When a session breaks, another is opened after a delay from
+//! 3. The pods the session receives go to the pod [`runtime`], which runs
+//!    them through containerd's CRI ([`cri`]) and publishes their status,
+//!    which the session sends up. Pods keep running between sessions.
+//! 4. The [`endpoint`] serves container logs ([`logs`]) to the control
+//!    plane.
+//! 5. When a session breaks, another is opened after a delay from
 //!    [`backoff`]; refusals (a certificate the control plane no longer
 //!    accepts) end the agent instead, since retrying cannot fix them.
-//!
-//! Running pods (containerd through CRI) is the next step; for now the
-//! desired pods are tracked and logged, not started.
 
 pub mod backoff;
 pub mod credentials;
