@@ -136,6 +136,13 @@ pub trait Cri: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, CriError>> + Send;
     /// Pulls an image; returns its reference (ID).
     fn pull_image(&self, image: &str) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// Runs `command` in a container and returns its exit code.
+    fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<i32, CriError>> + Send;
     /// A single-use URL on the runtime's stream server that runs `request`.
     fn exec_url(
         &self,
@@ -461,6 +468,30 @@ impl Cri for GrpcCri {
             .map_err(|s| CriError::from_status(CALL, s))?
             .into_inner();
         Ok(answer.image_ref)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<i32, CriError> {
+        const CALL: &str = "ExecSync";
+        let answer = self
+            .runtime
+            .clone()
+            .exec_sync(request(
+                cri::ExecSyncRequest {
+                    container_id: id.to_owned(),
+                    cmd: command.to_vec(),
+                    timeout: timeout.as_secs().max(1) as i64,
+                },
+                timeout + Duration::from_secs(5),
+            ))
+            .await
+            .map_err(|s| CriError::from_status(CALL, s))?
+            .into_inner();
+        Ok(answer.exit_code)
     }
 
     async fn exec_url(&self, exec: cri::ExecRequest) -> Result<String, CriError> {

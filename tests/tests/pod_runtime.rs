@@ -117,6 +117,51 @@ spec:
     )
 }
 
+/// Three web apps on ports 80, 81 and 82: one with a readiness probe that
+/// passes, one whose readiness probe never does, and one whose liveness
+/// probe starts failing two seconds after each start.
+fn probed_yaml() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: ready
+    image: {image}
+    readinessProbe:
+      httpGet:
+        path: /
+        port: 80
+      periodSeconds: 1
+  - name: unready
+    image: {image}
+    env:
+    - name: WEBAPP_PORT
+      value: "81"
+    readinessProbe:
+      tcpSocket:
+        port: 9999
+      periodSeconds: 1
+  - name: sick
+    image: {image}
+    command: ["/bin/sh", "-c", "touch /tmp/healthy; (sleep 2; rm -f /tmp/healthy) & exec /bin/webapp"]
+    env:
+    - name: WEBAPP_PORT
+      value: "82"
+    livenessProbe:
+      exec:
+        command: ["test", "-f", "/tmp/healthy"]
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+        image = images::webapp_image_name("1.0"),
+    )
+}
+
 /// How many pods the latency measurement starts: `SKIFF_E2E_POD_STARTS`,
 /// 5 by default.
 fn pod_starts() -> usize {
@@ -378,6 +423,52 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         sorted[sorted.len() - 1],
         samples
     );
+
+    // Probes: readiness decides Ready, a failing liveness probe restarts.
+    let probed = cp.file("probed.yaml", probed_yaml());
+    k.ok(&["create", "-f", probed.to_str().expect("utf-8 path")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let pod = pod_json(k, "probed");
+            let statuses = pod["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let by_name = |name: &str| {
+                statuses
+                    .iter()
+                    .find(|c| c["name"] == name)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            by_name("ready")["ready"] == true
+                && by_name("unready")["state"]["running"].is_object()
+                && by_name("sick")["restartCount"].as_u64() >= Some(1)
+        }),
+        "the probes did not act\n{:#}\n--- agent log ---\n{}",
+        pod_json(k, "probed"),
+        agent.stderr()
+    );
+    let pod = pod_json(k, "probed");
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let unready = statuses
+        .iter()
+        .find(|c| c["name"] == "unready")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(unready["ready"], false, "{pod:#}");
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "False", "{pod:#}");
+    let row = k.ok(&["get", "pod", "probed"]).row("probed");
+    assert!(row[1] == "1/3" || row[1] == "2/3", "{row:?}");
+    k.ok(&["delete", "pod", "probed", "--wait=false"]);
 
     // Deletion stops and removes the containers, then the pod goes away.
     let kubectl_133 = kubectls.last().expect("a kubectl");

@@ -26,7 +26,7 @@
 //! times do not change afterwards) and once per sandbox for its IPs, so an
 //! idle relist costs two list calls.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ use tokio::sync::Notify;
 use super::observed::{
     group_by_pod, ContainerDetails, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox,
 };
-use super::plan::{pod_actions, BackoffBook, PodActions, Waiting, BACKOFF_INITIAL};
+use super::plan::{pod_actions, BackoffBook, KillContainer, PodActions, Waiting, BACKOFF_INITIAL};
+use super::probe::{probe_specs, run_probe, ProbeCounter, ProbeKind};
 use super::spec::{self, Desired, NodeSettings, PodFacts};
 use super::status::{pod_status, StatusContext};
 use crate::cri::{Cri, CriError, LABEL_POD_UID};
@@ -163,10 +164,20 @@ pub fn merge(current: Option<&Desired>, incoming: Desired) -> Desired {
     }
 }
 
+/// A probe result that flipped.
+#[derive(Debug, Clone)]
+struct ProbeFlip {
+    container_id: String,
+    container: String,
+    kind: ProbeKind,
+    healthy: bool,
+}
+
 #[derive(Default)]
 struct Pending {
     desired: Option<Desired>,
     observation: Option<Observation>,
+    probes: Vec<ProbeFlip>,
 }
 
 struct Slot {
@@ -184,6 +195,20 @@ struct PodMemory {
     pull_failures: HashMap<String, Timestamp>,
     waiting: BTreeMap<String, Waiting>,
     error_delay: Option<Duration>,
+    /// Probe tasks by container ID.
+    probes: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
+    /// Readiness results by container ID.
+    readiness: BTreeMap<String, bool>,
+    /// Containers whose liveness probe failed, by ID.
+    unhealthy: BTreeSet<String>,
+}
+
+impl Drop for PodMemory {
+    fn drop(&mut self) {
+        for task in self.probes.values().flatten() {
+            task.abort();
+        }
+    }
 }
 
 /// What applying a plan ran into.
@@ -572,6 +597,9 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
                     observed = Some(observation);
                 }
             }
+            for flip in pending.probes.drain(..) {
+                apply_probe_flip(&mut memory, &uid, flip);
+            }
         }
         let Some(pod) = desired.clone() else {
             slot.wake.notified().await;
@@ -605,7 +633,10 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
             continue;
         };
         let now = Timestamp::now();
-        let actions = pod_actions(&pod, &observation.pod, &memory.restarts, now);
+        sync_probes(&inner, &slot, &pod, &observation.pod, &mut memory);
+        let mut actions = pod_actions(&pod, &observation.pod, &memory.restarts, now);
+        let sick = liveness_kills(&pod, &observation.pod, &memory.unhealthy, &actions);
+        actions.kill.extend(sick);
         publish(
             &inner,
             &slot,
@@ -710,6 +741,135 @@ async fn wait(slot: &Slot, timeout: Option<Duration>) {
     }
 }
 
+fn apply_probe_flip(memory: &mut PodMemory, uid: &str, flip: ProbeFlip) {
+    // A result about a container already gone is moot.
+    if !memory.probes.contains_key(&flip.container_id) {
+        return;
+    }
+    match flip.kind {
+        ProbeKind::Readiness => {
+            tracing::info!(%uid, container = %flip.container, ready = flip.healthy, "readiness changed");
+            memory.readiness.insert(flip.container_id, flip.healthy);
+        }
+        ProbeKind::Liveness if flip.healthy => {
+            memory.unhealthy.remove(&flip.container_id);
+        }
+        ProbeKind::Liveness => {
+            tracing::info!(%uid, container = %flip.container, "liveness probe failed; the container will be restarted");
+            memory.unhealthy.insert(flip.container_id);
+        }
+    }
+}
+
+/// Running containers whose liveness probe failed, to stop: they then
+/// restart under the pod's restart policy.
+fn liveness_kills(
+    pod: &Desired,
+    observed: &ObservedPod,
+    unhealthy: &BTreeSet<String>,
+    actions: &PodActions,
+) -> Vec<KillContainer> {
+    if pod.stopping() || actions.kill_pod.is_some() {
+        return Vec::new();
+    }
+    observed
+        .containers
+        .iter()
+        .filter(|c| c.is_running() && unhealthy.contains(&c.id))
+        .filter(|c| !actions.kill.iter().any(|k| k.id == c.id))
+        .map(|c| KillContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            grace_seconds: pod.grace_seconds(),
+            reason: "its liveness probe failed",
+        })
+        .collect()
+}
+
+/// Starts probe tasks for running containers that have probes, and stops
+/// those of containers that no longer run.
+fn sync_probes<C: Cri>(
+    inner: &Arc<Inner<C>>,
+    slot: &Arc<Slot>,
+    pod: &Desired,
+    observed: &ObservedPod,
+    memory: &mut PodMemory,
+) {
+    let running: HashMap<&str, &ObservedContainer> = observed
+        .containers
+        .iter()
+        .filter(|c| c.is_running() && !pod.stopping())
+        .map(|c| (c.id.as_str(), c))
+        .collect();
+    let gone: Vec<String> = memory
+        .probes
+        .keys()
+        .filter(|id| !running.contains_key(id.as_str()))
+        .cloned()
+        .collect();
+    for id in gone {
+        for task in memory.probes.remove(&id).into_iter().flatten() {
+            task.abort();
+        }
+        memory.readiness.remove(&id);
+        memory.unhealthy.remove(&id);
+    }
+    let ip = observed
+        .sandboxes
+        .iter()
+        .find(|s| s.ready)
+        .and_then(|s| s.ips.first())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .or_else(|| {
+            pod.host_network()
+                .then(|| inner.node.host_ip.as_deref()?.parse().ok())
+                .flatten()
+        });
+    for (id, container) in running {
+        if memory.probes.contains_key(id) {
+            continue;
+        }
+        let Some(spec) = pod
+            .spec
+            .containers
+            .iter()
+            .find(|c| c.name == container.name)
+        else {
+            continue;
+        };
+        let (specs, errors) = probe_specs(spec);
+        for error in errors {
+            tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), container = %container.name, %error, "probe not run");
+        }
+        let mut tasks = Vec::new();
+        for probe in specs {
+            if probe.kind == ProbeKind::Readiness {
+                memory.readiness.insert(id.to_owned(), false);
+            }
+            let (inner, slot) = (inner.clone(), slot.clone());
+            let (id, name) = (id.to_owned(), container.name.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut counter = ProbeCounter::new(probe.kind);
+                tokio::time::sleep(probe.initial_delay).await;
+                loop {
+                    let ok = run_probe(&inner.cri, &probe, &id, ip).await;
+                    if let Some(healthy) = counter.record(ok, &probe) {
+                        lock(&slot.pending).probes.push(ProbeFlip {
+                            container_id: id.clone(),
+                            container: name.clone(),
+                            kind: probe.kind,
+                            healthy,
+                        });
+                        slot.wake.notify_one();
+                    }
+                    tokio::time::sleep(probe.period).await;
+                }
+            }));
+        }
+        memory.probes.insert(id.to_owned(), tasks);
+    }
+}
+
 fn publish<C: Cri>(
     inner: &Inner<C>,
     slot: &Slot,
@@ -729,6 +889,7 @@ fn publish<C: Cri>(
         host_ip: inner.node.host_ip.as_deref(),
         runtime_name: &runtime_name,
         waiting: &waiting,
+        readiness: &memory.readiness,
     };
     let status = serde_json::to_value(pod_status(pod, observed, &context)).unwrap_or_default();
     inner.reports.publish(PodReport {
@@ -1238,6 +1399,49 @@ mod tests {
             "{calls:?}"
         );
         assert!(!dir.path().join("logs/default_web_u1").exists());
+    }
+
+    #[tokio::test]
+    async fn probes_drive_readiness_and_restart_unhealthy_containers() {
+        let fake = FakeCri::with_images(&["skiff.local/webapp:1.0"]);
+        let (_dir, runtime) = runtime(&fake);
+        let spec = json!({"containers": [
+            {"name": "ready", "image": "skiff.local/webapp:1.0",
+             "readinessProbe": {"exec": {"command": ["true"]}}},
+            {"name": "never", "image": "skiff.local/webapp:1.0",
+             "readinessProbe": {"exec": {"command": ["false"]}}},
+            {"name": "sick", "image": "skiff.local/webapp:1.0",
+             "livenessProbe": {"exec": {"command": ["false"]}, "failureThreshold": 1, "periodSeconds": 1}},
+        ]});
+        runtime.apply_changes(&[(Change::Added, pod("u1", "probed", spec))], true);
+        let status_of = |name: &str| {
+            last_report(&runtime, "u1").and_then(|r| {
+                r.status["containerStatuses"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == name).cloned())
+            })
+        };
+        until("the probed container is ready", || {
+            status_of("ready").is_some_and(|c| c["ready"] == true)
+        })
+        .await;
+        until("the unhealthy container restarted", || {
+            status_of("sick").is_some_and(|c| c["restartCount"].as_u64() >= Some(1))
+        })
+        .await;
+        let never = status_of("never").expect("status");
+        assert_eq!(never["ready"], false);
+        assert!(never["state"]["running"].is_object());
+        let report = last_report(&runtime, "u1").expect("report");
+        let ready = report.status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .expect("Ready condition");
+        assert_eq!(ready["status"], "False");
+        assert!(fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("StopContainer sick/0")));
     }
 
     #[tokio::test]

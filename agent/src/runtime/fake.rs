@@ -365,6 +365,23 @@ impl Cri for FakeCri {
         })
     }
 
+    async fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        _timeout: std::time::Duration,
+    ) -> Result<i32, CriError> {
+        let mut state = self.state();
+        let label = state.container_label(id);
+        state
+            .calls
+            .push(format!("ExecSync {label} {}", command.join(" ")));
+        // `false` fails, anything else succeeds, as a shell would say.
+        Ok(i32::from(
+            command.first().map(String::as_str) == Some("false"),
+        ))
+    }
+
     async fn exec_url(&self, request: cri::ExecRequest) -> Result<String, CriError> {
         let mut state = self.state();
         state.calls.push(format!("Exec {}", request.container_id));

@@ -14,6 +14,7 @@ pub mod executor;
 pub mod fake;
 pub mod observed;
 pub mod plan;
+pub mod probe;
 pub mod quantity;
 pub mod spec;
 pub mod status;

@@ -29,6 +29,9 @@ pub struct StatusContext<'a> {
     pub runtime_name: &'a str,
     /// Why containers that do not run are waiting, by container name.
     pub waiting: &'a BTreeMap<String, Waiting>,
+    /// Readiness probe results by container ID; a running container
+    /// without an entry is ready.
+    pub readiness: &'a BTreeMap<String, bool>,
 }
 
 fn time(timestamp: Option<Timestamp>) -> Option<Time> {
@@ -121,6 +124,8 @@ fn container_status(
         },
     };
     let running = latest.is_some_and(|c| c.is_running());
+    let ready = latest
+        .is_some_and(|c| c.is_running() && context.readiness.get(&c.id).copied().unwrap_or(true));
     ContainerStatus {
         name: spec.name.clone(),
         image: spec.image.clone().unwrap_or_default(),
@@ -128,7 +133,7 @@ fn container_status(
             .map(|c| c.details.image_ref.clone())
             .unwrap_or_default(),
         container_id: latest.map(|c| format!("{runtime}://{}", c.id)),
-        ready: running,
+        ready,
         started: Some(running),
         restart_count: latest.map_or(0, |c| c.attempt as i32),
         state: Some(state),
@@ -366,10 +371,12 @@ mod tests {
         let pod = desired(
             json!({"restartPolicy": policy, "containers": [{"name": "web", "image": "skiff.local/webapp:1.0"}]}),
         );
+        let readiness = BTreeMap::new();
         let context = StatusContext {
             host_ip: Some("10.0.0.5"),
             runtime_name: "containerd",
             waiting,
+            readiness: &readiness,
         };
         serde_json::to_value(pod_status(&pod, observed, &context)).expect("json")
     }
