@@ -117,6 +117,65 @@ spec:
     )
 }
 
+/// A writer and a reader sharing an emptyDir; the reader logs what it
+/// sees: the shared file, the writer over 127.0.0.1, and its own memory
+/// limit and CPU quota (cgroup v1 paths, then v2).
+fn multi_yaml(host_dir: &Path) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: multi
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 5
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+  - name: host
+    hostPath:
+      path: {host}
+      type: DirectoryOrCreate
+  containers:
+  - name: writer
+    image: {image}
+    command:
+    - /bin/sh
+    - -c
+    - |
+      echo shared-hello > /shared/hello
+      echo host-hello > /host/hello
+      exec /bin/webapp
+    resources:
+      requests: {{cpu: 250m, memory: 32Mi}}
+      limits: {{cpu: 500m, memory: 64Mi}}
+    volumeMounts:
+    - {{name: shared, mountPath: /shared}}
+    - {{name: host, mountPath: /host}}
+  - name: reader
+    image: {image}
+    env:
+    - {{name: WEBAPP_PORT, value: "81"}}
+    command:
+    - /bin/sh
+    - -c
+    - |
+      sleep 1
+      echo "shared: $(cat /shared/hello)"
+      echo "neighbour: $(wget -q -O - http://127.0.0.1:80/)"
+      echo "memory: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
+      echo "quota: $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max)"
+      exec /bin/webapp
+    resources:
+      limits: {{cpu: 200m, memory: 32Mi}}
+    volumeMounts:
+    - {{name: shared, mountPath: /shared, readOnly: true}}
+"#,
+        host = host_dir.display(),
+        image = images::webapp_image_name("1.0"),
+    )
+}
+
 /// Three web apps on ports 80, 81 and 82: one with a readiness probe that
 /// passes, one whose readiness probe never does, and one whose liveness
 /// probe starts failing two seconds after each start.
@@ -423,6 +482,39 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         sorted[sorted.len() - 1],
         samples
     );
+
+    // Two containers: a shared emptyDir, a hostPath, 127.0.0.1 between
+    // them, and their limits in their own cgroups.
+    let host_dir = dir.path().join("hostpath");
+    let multi = cp.file("multi.yaml", multi_yaml(&host_dir));
+    k.ok(&["create", "-f", multi.to_str().expect("utf-8 path")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            k.run(&["logs", "multi", "-c", "reader"])
+                .stdout
+                .contains("quota:")
+        }),
+        "the reader never reported\n{:#}\n--- agent log ---\n{}",
+        pod_json(k, "multi"),
+        agent.stderr()
+    );
+    let report = k.ok(&["logs", "multi", "-c", "reader"]).stdout;
+    for line in [
+        "shared: shared-hello",
+        "neighbour: Version 1.0 on multi",
+        "memory: 33554432",
+        "quota: 20000",
+    ] {
+        assert!(
+            report.lines().any(|l| l.trim() == line),
+            "no {line:?} in\n{report}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(host_dir.join("hello")).ok().as_deref(),
+        Some("host-hello\n")
+    );
+    k.ok(&["delete", "pod", "multi", "--wait=false"]);
 
     // Probes: readiness decides Ready, a failing liveness probe restarts.
     let probed = cp.file("probed.yaml", probed_yaml());
