@@ -558,6 +558,18 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(ready["status"], "False", "{pod:#}");
+    // Its second failure puts the sick container in crash-loop backoff.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let pod = pod_json(k, "probed");
+            pod["status"]["containerStatuses"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"] == "sick"))
+                .is_some_and(|c| c["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+        }),
+        "no CrashLoopBackOff\n{:#}",
+        pod_json(k, "probed")
+    );
     let row = k.ok(&["get", "pod", "probed"]).row("probed");
     assert!(row[1] == "1/3" || row[1] == "2/3", "{row:?}");
     k.ok(&["delete", "pod", "probed", "--wait=false"]);

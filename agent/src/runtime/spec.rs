@@ -469,6 +469,46 @@ fn resources(container: &Container) -> Result<cri::LinuxContainerResources, Spec
     Ok(resources)
 }
 
+/// Kubernetes' `$(VAR)` expansion: a reference to a variable in `env` is
+/// replaced by its value, `$$` stands for `$`, and a reference to an
+/// unknown variable is left as written.
+pub fn expand(text: &str, env: &[cri::KeyValue]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = escaped;
+        } else if let Some(reference) = after.strip_prefix('(') {
+            match reference.find(')') {
+                Some(end) => {
+                    let name = &reference[..end];
+                    match env.iter().rev().find(|kv| kv.key == name) {
+                        Some(kv) => out.push_str(&kv.value),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &reference[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = reference;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `<container>/<restart>.log`, relative to the sandbox's log directory.
 pub fn log_path(container: &str, attempt: u32) -> String {
     format!("{container}/{attempt}.log")
@@ -501,6 +541,12 @@ pub fn container_config(
     }];
     for var in container.env.iter().flatten() {
         if let Some(value) = env_value(desired, node, facts, container, var)? {
+            // Plain values may refer to the variables defined before them.
+            let value = if var.value_from.is_none() {
+                expand(&value, &envs)
+            } else {
+                value
+            };
             envs.retain(|kv| kv.key != var.name);
             envs.push(cri::KeyValue {
                 key: var.name.clone(),
@@ -570,8 +616,18 @@ pub fn container_config(
             image,
             ..Default::default()
         }),
-        command: container.command.clone().unwrap_or_default(),
-        args: container.args.clone().unwrap_or_default(),
+        command: container
+            .command
+            .iter()
+            .flatten()
+            .map(|word| expand(word, &envs))
+            .collect(),
+        args: container
+            .args
+            .iter()
+            .flatten()
+            .map(|word| expand(word, &envs))
+            .collect(),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         envs,
         mounts,
@@ -776,6 +832,44 @@ mod tests {
             &PodFacts::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn variable_references_expand_as_kubernetes_expands_them() {
+        let env = [
+            cri::KeyValue {
+                key: "NAME".into(),
+                value: "web".into(),
+            },
+            cri::KeyValue {
+                key: "PORT".into(),
+                value: "80".into(),
+            },
+        ];
+        assert_eq!(expand("$(NAME):$(PORT)", &env), "web:80");
+        assert_eq!(expand("$$(NAME) costs $5", &env), "$(NAME) costs $5");
+        assert_eq!(expand("$(MISSING) $(NAME", &env), "$(MISSING) $(NAME");
+        assert_eq!(expand("plain", &env), "plain");
+
+        let pod = desired(json!({"containers": [{
+            "name": "c", "image": "img",
+            "command": ["echo", "$(GREETING) from $(POD)"],
+            "args": ["$(HOSTNAME)"],
+            "env": [
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "GREETING", "value": "hello $(POD)"},
+            ],
+        }]}));
+        let config = container_config(
+            &pod,
+            &pod.spec.containers[0],
+            0,
+            &node(),
+            &PodFacts::default(),
+        )
+        .expect("config");
+        assert_eq!(config.command, ["echo", "hello web from web"]);
+        assert_eq!(config.args, ["web"]);
     }
 
     #[test]
