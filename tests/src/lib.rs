@@ -1250,8 +1250,9 @@ impl ControlPlane {
     /// Starts a control plane like [`ControlPlane::start`], but listening on
     /// every address and with `san` (the underlay gateway) in its serving
     /// certificate, so that agents inside node namespaces reach it at `san`.
-    /// kubectl still uses 127.0.0.1. Not restartable with
-    /// [`ControlPlane::restart`], which binds loopback again.
+    /// kubectl still uses 127.0.0.1. Restart it with
+    /// [`ControlPlane::restart_reachable_at`]; [`ControlPlane::restart`]
+    /// binds loopback again.
     #[track_caller]
     pub fn start_reachable_at(san: &str) -> ControlPlane {
         let tmp = tempfile::Builder::new()
@@ -1274,52 +1275,82 @@ impl ControlPlane {
         for _ in 0..3 {
             cp.port = free_port();
             cp.node_api_port = free_port();
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(cp.log_path())
-                .expect("cannot open the control plane log");
-            let mut cmd = Command::new(controlplane_bin());
-            cmd.arg("--data-dir")
-                .arg(cp.data_dir())
-                .args(["--bind-address", "0.0.0.0", "--tls-san", san])
-                .arg("--secure-port")
-                .arg(cp.port.to_string())
-                .arg("--node-api-port")
-                .arg(cp.node_api_port.to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            scrub_env(&mut cmd);
-            cmd.env("RUST_LIB_BACKTRACE", "0");
-            if env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "info");
+            match cp.spawn_reachable_at(san) {
+                Ok(()) => return cp,
+                Err(e) => last_err = e,
             }
-            cp.starts += 1;
-            cp.child = Some(cmd.spawn().expect("cannot run the control plane"));
-            let ready = wait_until(READY_TIMEOUT, || {
-                let exited = cp
-                    .child
-                    .as_mut()
-                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-                exited
-                    || (anonymous_get(&cp.base_url(), "/readyz").0 == 200
-                        && cp.kubeconfig().is_file())
-            });
-            let alive = cp
-                .child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_none());
-            if ready && alive {
-                return cp;
-            }
-            cp.kill9();
-            last_err = "did not become ready (or exited)".into();
         }
         panic!(
             "control plane did not start: {last_err}\n{}",
             cp.log_excerpt()
         );
+    }
+
+    /// Kills a control plane started with
+    /// [`ControlPlane::start_reachable_at`] if it runs, and starts it again
+    /// on the same ports and data.
+    #[track_caller]
+    pub fn restart_reachable_at(&mut self, san: &str) {
+        self.kill9();
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            match self.spawn_reachable_at(san) {
+                Ok(()) => return,
+                Err(e) => last_err = e,
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "control plane did not restart: {last_err}\n{}",
+            self.log_excerpt()
+        );
+    }
+
+    fn spawn_reachable_at(&mut self, san: &str) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("cannot open the control plane log: {e}"))?;
+        let mut cmd = Command::new(controlplane_bin());
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--bind-address", "0.0.0.0", "--tls-san", san])
+            .arg("--secure-port")
+            .arg(self.port.to_string())
+            .arg("--node-api-port")
+            .arg(self.node_api_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        scrub_env(&mut cmd);
+        cmd.env("RUST_LIB_BACKTRACE", "0");
+        if env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        self.starts += 1;
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| format!("cannot run the control plane: {e}"))?,
+        );
+        let ready = wait_until(READY_TIMEOUT, || {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            exited
+                || (anonymous_get(&self.base_url(), "/readyz").0 == 200
+                    && self.kubeconfig().is_file())
+        });
+        let alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        if ready && alive {
+            return Ok(());
+        }
+        self.kill9();
+        Err("did not become ready (or exited)".into())
     }
 
     /// A `skiff-agent` command for a node that reaches this control plane

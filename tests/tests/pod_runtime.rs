@@ -7,7 +7,9 @@
 //! `skiff-agent` started inside the namespace. A web app pod then goes
 //! Pending → Running with an IP, answers from inside the node, shows its
 //! logs, restarts after `/cgi-bin/kill`, survives an agent restart with the
-//! same container IDs, and is removed from containerd when deleted.
+//! same container IDs and a control plane outage, and is removed from
+//! containerd when deleted. A two-container pod shares an emptyDir and
+//! 127.0.0.1 and sees its cgroup limits; probes restart and gate readiness.
 //!
 //! Needs root, containerd, runc, busybox-static, the reference CNI plugins
 //! and iproute2 (`scripts/install-deps.sh`).
@@ -297,7 +299,7 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
     cd.import(&pause).expect("import pause");
     cd.import(&webapp).expect("import web app");
 
-    let cp = ControlPlane::start_reachable_at(&gateway);
+    let mut cp = ControlPlane::start_reachable_at(&gateway);
     let token = cp.create_token();
     let mut agent: Background = pod_runtime_agent_in(
         &node,
@@ -468,6 +470,33 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         first_run.stderr
     );
     assert!(wget(&node, &format!("http://{ip}/")).success());
+
+    // The control plane goes away for a while: the pod keeps running, and
+    // once it is back the agent reconnects and the node is Ready again.
+    let connects = agent.stderr().matches(CONNECTED).count();
+    cp.kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        wget(&node, &format!("http://{ip}/")).success(),
+        "the pod stopped answering while the control plane was down"
+    );
+    assert_eq!(containerd_containers(&cd), containers_before);
+    cp.restart_reachable_at(&gateway);
+    assert!(
+        agent.wait_for_stderr(Duration::from_secs(30), |log| {
+            log.matches(CONNECTED).count() > connects
+        }),
+        "the agent did not reconnect\n--- agent log ---\n{}",
+        agent.stderr()
+    );
+    assert_eq!(k.ok(&["get", "nodes"]).row(NODE)[1], "Ready");
+    let pod = pod_json(k, "web");
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    assert_eq!(
+        container_status(&pod)["containerID"],
+        second_id.as_str(),
+        "{pod:#}"
+    );
 
     // Pod start latency: pods created one after another, each timed from
     // `kubectl create` to Running in a watch that was already open.
