@@ -406,7 +406,15 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         assert_eq!(k.ok(&["get", "pods"]).row("web")[2], "Running");
     }
 
-    // /cgi-bin/kill: the container exits and comes back once.
+    // /cgi-bin/kill: the container exits and comes back once. A follow
+    // that was open sees its last words and ends with it.
+    let follow = k.spawn(&["logs", "-f", "web"]);
+    assert!(
+        follow.wait_for_stdout(Duration::from_secs(10), |out| out
+            .contains("web app starting")),
+        "logs -f showed nothing\n{}",
+        follow.stderr()
+    );
     let killed = wget(&node, &format!("http://{ip}/cgi-bin/kill"));
     assert!(killed.stdout.contains("exiting"), "{killed}");
     assert!(
@@ -418,6 +426,11 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         "the container did not restart\n{:#}\n--- agent log ---\n{}",
         pod_json(k, "web"),
         agent.stderr()
+    );
+    let followed = follow.wait(Duration::from_secs(10));
+    assert!(
+        followed.success() && followed.stdout.contains("webapp: exiting on /kill"),
+        "logs -f did not end with the container\n{followed}"
     );
     let row = k.ok(&["get", "pods"]).row("web");
     assert_eq!(
