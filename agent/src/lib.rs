@@ -13,7 +13,8 @@
 //!    them through containerd's CRI ([`cri`]) and publishes their status,
 //!    which the session sends up. Pods keep running between sessions.
 //! 4. The [`endpoint`] serves container logs ([`logs`]) to the control
-//!    plane.
+//!    plane, and image tarballs dropped into the [`images`] directory are
+//!    imported into containerd.
 //! 5. When a session breaks, another is opened after a delay from
 //!    [`backoff`]; refusals (a certificate the control plane no longer
 //!    accepts) end the agent instead, since retrying cannot fix them.
@@ -23,6 +24,7 @@ pub mod credentials;
 pub mod cri;
 pub mod endpoint;
 pub mod hostinfo;
+pub mod images;
 pub mod join;
 pub mod logs;
 pub mod runtime;

@@ -77,6 +77,13 @@ struct Options {
     /// Port of the agent's HTTPS endpoint; the control plane assumes 10250.
     #[arg(long, default_value_t = skiff_agent::endpoint::DEFAULT_PORT)]
     port: u16,
+    /// Image tarballs placed here are imported into containerd (namespace
+    /// k8s.io); DATA_DIR/images if not given.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+    /// containerd's `ctr`, which imports the images.
+    #[arg(long, default_value = "ctr")]
+    ctr: PathBuf,
     /// How often the runtime is listed to notice exits and strays.
     #[arg(long, default_value_t = 1000)]
     relist_interval_ms: u64,
@@ -213,6 +220,22 @@ async fn run(options: Options) -> anyhow::Result<()> {
         options.relist_interval_ms.max(100),
     )));
     tracing::info!(containerd = %options.containerd.display(), "running pods through CRI");
+
+    let images_dir = options
+        .images_dir
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("images"));
+    if let Err(error) = std::fs::create_dir_all(&images_dir) {
+        tracing::warn!(%error, dir = %images_dir.display(), "cannot create the images directory");
+    }
+    tracing::info!(dir = %images_dir.display(), "importing image tarballs placed here");
+    tokio::spawn(skiff_agent::images::watch(
+        images_dir,
+        skiff_agent::images::CtrImporter {
+            ctr: options.ctr.clone(),
+            socket: options.containerd.clone(),
+        },
+    ));
 
     let mut names = vec![credentials.node_name.clone()];
     names.extend(settings_host_ip.clone());

@@ -71,6 +71,7 @@ fn agent_args(
         ("--containerd", cd.socket().display().to_string()),
         ("--pod-log-dir", dir.join("logs").display().to_string()),
         ("--cgroup-parent", cd.cgroup_parent().to_owned()),
+        ("--images-dir", dir.join("images").display().to_string()),
     ] {
         args.push(flag.into());
         args.push(value.into());
@@ -524,6 +525,45 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         sorted[sorted.len() - 1],
         samples
     );
+
+    // An image tarball dropped into the images directory becomes runnable.
+    let v2 = images::webapp_image(images_dir.path(), "2.0").expect("web app 2.0");
+    let partial = dir.path().join("images").join(".webapp-2.0.tar");
+    fs::copy(&v2.path, &partial).expect("copy the tarball");
+    fs::rename(&partial, dir.path().join("images").join("webapp-2.0.tar")).expect("rename");
+    assert!(
+        wait_until(Duration::from_secs(20), || cd
+            .images()
+            .is_ok_and(|names| names.contains(&v2.name))),
+        "the dropped image was not imported\n--- agent log ---\n{}",
+        agent.stderr()
+    );
+    let v2_pod = cp.file(
+        "v2.yaml",
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: v2\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: web\n    image: {}\n",
+            v2.name
+        ),
+    );
+    k.ok(&["create", "-f", v2_pod.to_str().expect("utf-8 path")]);
+    assert!(
+        wait_until(Duration::from_secs(20), || pod_json(k, "v2")["status"]
+            ["phase"]
+            == "Running"),
+        "the pod of the dropped image did not run\n{:#}",
+        pod_json(k, "v2")
+    );
+    let v2_ip = pod_json(k, "v2")["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let answer = wget(&node, &format!("http://{v2_ip}/"));
+    assert_eq!(
+        parse_webapp_reply(&answer.stdout),
+        Some(("2.0".to_owned(), "v2".to_owned())),
+        "{answer}"
+    );
+    k.ok(&["delete", "pod", "v2", "--wait=false"]);
 
     // Two containers: a shared emptyDir, a hostPath, 127.0.0.1 between
     // them, and their limits in their own cgroups.
