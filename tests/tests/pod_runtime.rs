@@ -407,6 +407,35 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         assert_eq!(k.ok(&["get", "pods"]).row("web")[2], "Running");
     }
 
+    // Only the control plane may call the agent: the admin's certificate
+    // (from the same CA) is refused, and so is no certificate at all.
+    let _ = cp.http();
+    let curl_agent = |with_cert: bool| {
+        let mut cmd = node.command("curl");
+        cmd.args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(cp.dir().join("curl/client.crt"))
+                .arg("--key")
+                .arg(cp.dir().join("curl/client.key"));
+        }
+        cmd.arg(format!(
+            "https://{}:10250/containerLogs/default/web/web",
+            node.ip
+        ));
+        run_command(cmd, None).stdout
+    };
+    assert_eq!(curl_agent(true), "403");
+    assert_eq!(curl_agent(false), "000");
+
     // /cgi-bin/kill: the container exits and comes back once. A follow
     // that was open sees its last words and ends with it.
     let follow = k.spawn(&["logs", "-f", "web"]);
