@@ -224,6 +224,111 @@ spec:
     )
 }
 
+/// How many pods the burst measurement creates at once:
+/// `SKIFF_E2E_BURST` (off by default, it takes a while).
+fn burst_size() -> Option<usize> {
+    std::env::var("SKIFF_E2E_BURST")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+}
+
+/// The agent's process: the one whose command line names its data
+/// directory.
+fn agent_pid(dir: &Path) -> Option<u32> {
+    let needle = dir.join("agent").display().to_string();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (cmdline.contains("skiff-agent")
+            && cmdline.contains(&needle)
+            && !cmdline.starts_with("nsenter"))
+        .then_some(pid)
+    })
+}
+
+/// User plus system CPU ticks of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Creates `count` pods in one `kubectl create`; returns the milliseconds
+/// until all run (as a watch sees them), the agent's RSS then, and its CPU
+/// use over 10 idle seconds afterwards. Deletes the pods (without waiting).
+fn burst(cp: &ControlPlane, k: &Kubectl, dir: &Path, count: usize) -> (u128, u64, f64) {
+    let watch = k.spawn(&[
+        "get",
+        "pods",
+        "--watch",
+        "--no-headers",
+        "-o",
+        "custom-columns=NAME:.metadata.name,PHASE:.status.phase",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let names: Vec<String> = (0..count).map(|i| format!("burst-{i}")).collect();
+    let manifest = cp.file(
+        "burst.yaml",
+        names
+            .iter()
+            .map(|name| pod_yaml(name))
+            .collect::<Vec<_>>()
+            .join("---\n"),
+    );
+    let started = Instant::now();
+    k.ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
+    loop {
+        let out = watch.stdout();
+        let running = names
+            .iter()
+            .filter(|name| {
+                let prefix = format!("{name} ");
+                out.lines()
+                    .any(|l| l.starts_with(&prefix) && l.trim_end().ends_with("Running"))
+            })
+            .count();
+        if running == count {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {running} of {count} pods ran\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let all_running = started.elapsed().as_millis();
+    drop(watch);
+    let pid = agent_pid(dir).expect("the agent's pid");
+    let rss_kb = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    // Let the last status reports settle before measuring idleness.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    // Ticks are 1/100 s: ticks per 10 s, as a percentage of one core.
+    let idle_cpu = (cpu_ticks(pid) - before) as f64 / 10.0;
+    let mut delete = vec!["delete", "pod", "--wait=false"];
+    delete.extend(names.iter().map(String::as_str));
+    k.ok(&delete);
+    (all_running, rss_kb, idle_cpu)
+}
+
 /// How many pods the latency measurement starts: `SKIFF_E2E_POD_STARTS`,
 /// 5 by default.
 fn pod_starts() -> usize {
@@ -554,6 +659,13 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
         sorted[sorted.len() - 1],
         samples
     );
+
+    if let Some(count) = burst_size() {
+        let (all_running, rss_kb, idle_cpu) = burst(&cp, k, dir.path(), count);
+        println!(
+            "timing: {count} pods created at once, all Running after {all_running} ms; agent RSS {rss_kb} KiB; agent CPU while idle {idle_cpu:.2}% of a core"
+        );
+    }
 
     // An image tarball dropped into the images directory becomes runnable.
     let v2 = images::webapp_image(images_dir.path(), "2.0").expect("web app 2.0");
