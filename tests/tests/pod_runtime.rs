@@ -179,8 +179,8 @@ spec:
     )
 }
 
-/// Three web apps on ports 80, 81 and 82: one with a readiness probe that
-/// passes, one whose readiness probe never does, and one whose liveness
+/// Three web apps on ports 80, 81 and 82: one with startup and readiness
+/// probes that pass, one whose readiness probe never does, and one whose liveness
 /// probe starts failing two seconds after each start.
 fn probed_yaml() -> String {
     format!(
@@ -194,6 +194,11 @@ spec:
   containers:
   - name: ready
     image: {image}
+    startupProbe:
+      httpGet:
+        path: /
+        port: 80
+      periodSeconds: 1
     readinessProbe:
       httpGet:
         path: /
@@ -757,6 +762,7 @@ fn pods_run_restart_survive_an_agent_restart_and_are_removed() {
                     .unwrap_or_default()
             };
             by_name("ready")["ready"] == true
+                && by_name("ready")["started"] == true
                 && by_name("unready")["state"]["running"].is_object()
                 && by_name("sick")["restartCount"].as_u64() >= Some(1)
         }),

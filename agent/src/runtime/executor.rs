@@ -199,6 +199,9 @@ struct PodMemory {
     probes: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
     /// Readiness results by container ID.
     readiness: BTreeMap<String, bool>,
+    /// Startup results by container ID, for containers with a startup
+    /// probe.
+    started: BTreeMap<String, bool>,
     /// Containers whose liveness probe failed, by ID.
     unhealthy: BTreeSet<String>,
 }
@@ -747,6 +750,24 @@ fn apply_probe_flip(memory: &mut PodMemory, uid: &str, flip: ProbeFlip) {
         return;
     }
     match flip.kind {
+        ProbeKind::Startup if flip.healthy => {
+            tracing::info!(%uid, container = %flip.container, "startup probe succeeded");
+            memory.started.insert(flip.container_id.clone(), true);
+            // The startup task is done; the next probe sync starts the
+            // liveness and readiness probes.
+            for task in memory
+                .probes
+                .remove(&flip.container_id)
+                .into_iter()
+                .flatten()
+            {
+                task.abort();
+            }
+        }
+        ProbeKind::Startup => {
+            tracing::info!(%uid, container = %flip.container, "startup probe failed; the container will be restarted");
+            memory.unhealthy.insert(flip.container_id);
+        }
         ProbeKind::Readiness => {
             tracing::info!(%uid, container = %flip.container, ready = flip.healthy, "readiness changed");
             memory.readiness.insert(flip.container_id, flip.healthy);
@@ -812,6 +833,7 @@ fn sync_probes<C: Cri>(
             task.abort();
         }
         memory.readiness.remove(&id);
+        memory.started.remove(&id);
         memory.unhealthy.remove(&id);
     }
     let ip = observed
@@ -837,13 +859,29 @@ fn sync_probes<C: Cri>(
         else {
             continue;
         };
-        let (specs, errors) = probe_specs(spec);
-        for error in errors {
-            tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), container = %container.name, %error, "probe not run");
+        let (mut specs, errors) = probe_specs(spec);
+        let has_started = memory.started.get(id).copied();
+        if has_started.is_none() {
+            // Reported once per container, on its first sync.
+            for error in errors {
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), container = %container.name, %error, "probe not run");
+            }
+        }
+        let startup = specs.iter().any(|p| p.kind == ProbeKind::Startup);
+        match (startup, has_started) {
+            // Only the startup probe runs until it succeeds.
+            (true, None | Some(false)) => {
+                memory.started.insert(id.to_owned(), false);
+                if specs.iter().any(|p| p.kind == ProbeKind::Readiness) {
+                    memory.readiness.insert(id.to_owned(), false);
+                }
+                specs.retain(|p| p.kind == ProbeKind::Startup);
+            }
+            _ => specs.retain(|p| p.kind != ProbeKind::Startup),
         }
         let mut tasks = Vec::new();
         for probe in specs {
-            if probe.kind == ProbeKind::Readiness {
+            if probe.kind == ProbeKind::Readiness && !startup {
                 memory.readiness.insert(id.to_owned(), false);
             }
             let (inner, slot) = (inner.clone(), slot.clone());
@@ -890,6 +928,7 @@ fn publish<C: Cri>(
         runtime_name: &runtime_name,
         waiting: &waiting,
         readiness: &memory.readiness,
+        started: &memory.started,
     };
     let status = serde_json::to_value(pod_status(pod, observed, &context)).unwrap_or_default();
     inner.reports.publish(PodReport {
@@ -1412,6 +1451,9 @@ mod tests {
              "readinessProbe": {"exec": {"command": ["false"]}}},
             {"name": "sick", "image": "skiff.local/webapp:1.0",
              "livenessProbe": {"exec": {"command": ["false"]}, "failureThreshold": 1, "periodSeconds": 1}},
+            {"name": "late", "image": "skiff.local/webapp:1.0",
+             "startupProbe": {"exec": {"command": ["true", "started"]}},
+             "readinessProbe": {"exec": {"command": ["true", "ready"]}}},
         ]});
         runtime.apply_changes(&[(Change::Added, pod("u1", "probed", spec))], true);
         let status_of = |name: &str| {
@@ -1429,6 +1471,16 @@ mod tests {
             status_of("sick").is_some_and(|c| c["restartCount"].as_u64() >= Some(1))
         })
         .await;
+        until("the late container started and became ready", || {
+            status_of("late").is_some_and(|c| c["started"] == true && c["ready"] == true)
+        })
+        .await;
+        let calls = fake.calls();
+        let first = |needle: &str| calls.iter().position(|c| c == needle);
+        assert!(
+            first("ExecSync late/0 true started") < first("ExecSync late/0 true ready"),
+            "readiness ran before startup succeeded: {calls:?}"
+        );
         let never = status_of("never").expect("status");
         assert_eq!(never["ready"], false);
         assert!(never["state"]["running"].is_object());

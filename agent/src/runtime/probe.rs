@@ -1,4 +1,4 @@
-//! Liveness and readiness probes.
+//! Startup, liveness and readiness probes.
 //!
 //! [`probe_specs`] reads a container's probes; [`ProbeCounter`] is the pure
 //! part, kubelet's thresholds: a readiness result starts as failure and a
@@ -8,10 +8,11 @@
 //! status from 200 to 399), `tcpSocket` (a connection) or `exec` (exit code
 //! 0, through CRI ExecSync), each bounded by `timeoutSeconds`.
 //!
-//! The worker runs one task per running container and probe kind, and acts
-//! on flips only: readiness sets the container's `ready`, a failed liveness
-//! probe has the planner stop the container, which then restarts under its
-//! restart policy and backoff.
+//! The worker runs one task per running container and probe kind (only the
+//! startup probe until it has succeeded), and acts on flips only: startup
+//! sets the container's `started`, readiness its `ready`, and a failed
+//! liveness or startup probe has the planner stop the container, which then
+//! restarts under its restart policy and backoff.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -24,6 +25,9 @@ use crate::cri::Cri;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProbeKind {
+    /// Holds the other two back until it succeeds once; its failure
+    /// restarts the container, as a liveness failure does.
+    Startup,
     Liveness,
     Readiness,
 }
@@ -116,7 +120,7 @@ fn spec(kind: ProbeKind, probe: &Probe, container: &Container) -> Result<ProbeSp
         timeout: seconds(probe.timeout_seconds, 1, 1),
         // Liveness needs exactly one success, as the API enforces.
         success_threshold: match kind {
-            ProbeKind::Liveness => 1,
+            ProbeKind::Liveness | ProbeKind::Startup => 1,
             ProbeKind::Readiness => probe.success_threshold.unwrap_or(1).max(1) as u32,
         },
         failure_threshold: probe.failure_threshold.unwrap_or(3).max(1) as u32,
@@ -128,6 +132,7 @@ pub fn probe_specs(container: &Container) -> (Vec<ProbeSpec>, Vec<String>) {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
     for (kind, probe) in [
+        (ProbeKind::Startup, &container.startup_probe),
         (ProbeKind::Liveness, &container.liveness_probe),
         (ProbeKind::Readiness, &container.readiness_probe),
     ] {
@@ -318,6 +323,17 @@ mod tests {
         let (specs, errors) = probe_specs(&bad);
         assert!(specs.is_empty());
         assert!(errors[0].contains("no port named"), "{errors:?}");
+    }
+
+    #[test]
+    fn startup_probes_come_first_and_start_as_failures() {
+        let c = container(json!({"name": "web", "image": "img",
+            "startupProbe": {"tcpSocket": {"port": 80}, "failureThreshold": 30},
+            "livenessProbe": {"tcpSocket": {"port": 80}}}));
+        let (specs, _) = probe_specs(&c);
+        assert_eq!(specs[0].kind, ProbeKind::Startup);
+        assert_eq!(specs[0].failure_threshold, 30);
+        assert!(!ProbeCounter::new(ProbeKind::Startup).healthy);
     }
 
     #[test]

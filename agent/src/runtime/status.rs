@@ -32,6 +32,9 @@ pub struct StatusContext<'a> {
     /// Readiness probe results by container ID; a running container
     /// without an entry is ready.
     pub readiness: &'a BTreeMap<String, bool>,
+    /// Startup probe results by container ID; a running container without
+    /// an entry has started.
+    pub started: &'a BTreeMap<String, bool>,
 }
 
 fn time(timestamp: Option<Timestamp>) -> Option<Time> {
@@ -123,9 +126,10 @@ fn container_status(
             ),
         },
     };
-    let running = latest.is_some_and(|c| c.is_running());
-    let ready = latest
-        .is_some_and(|c| c.is_running() && context.readiness.get(&c.id).copied().unwrap_or(true));
+    let started = latest
+        .is_some_and(|c| c.is_running() && context.started.get(&c.id).copied().unwrap_or(true));
+    let ready =
+        started && latest.is_some_and(|c| context.readiness.get(&c.id).copied().unwrap_or(true));
     ContainerStatus {
         name: spec.name.clone(),
         image: spec.image.clone().unwrap_or_default(),
@@ -134,7 +138,7 @@ fn container_status(
             .unwrap_or_default(),
         container_id: latest.map(|c| format!("{runtime}://{}", c.id)),
         ready,
-        started: Some(running),
+        started: Some(started),
         restart_count: latest.map_or(0, |c| c.attempt as i32),
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),
@@ -372,11 +376,13 @@ mod tests {
             json!({"restartPolicy": policy, "containers": [{"name": "web", "image": "skiff.local/webapp:1.0"}]}),
         );
         let readiness = BTreeMap::new();
+        let started = BTreeMap::new();
         let context = StatusContext {
             host_ip: Some("10.0.0.5"),
             runtime_name: "containerd",
             waiting,
             readiness: &readiness,
+            started: &started,
         };
         serde_json::to_value(pod_status(&pod, observed, &context)).expect("json")
     }
