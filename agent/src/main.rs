@@ -31,8 +31,9 @@ It then holds a session with the control plane's node API (mutual TLS, port --no
 on the --server host): it registers the node with its addresses, capacity and system \
 information, sends a heartbeat every 10 seconds, and receives the pods bound to the node. \
 It runs them on containerd through CRI (--containerd), relisting the runtime every second, \
-and reports their status up. When the session breaks, the agent keeps its pods running and \
-reconnects with exponential backoff (1 s doubling to 30 s, with jitter). It exits with an error when the control plane refuses it for good (wrong token, \
+and reports their status up. It serves their logs to the control plane (--port), and imports \
+image tarballs dropped into --images-dir. When the session breaks, the agent keeps its pods \
+running and reconnects with exponential backoff (1 s doubling to 30 s, with jitter). It exits with an error when the control plane refuses it for good (wrong token, \
 certificate not accepted, another node's name).",
     after_help = "EXAMPLE:\n    skiff-agent --server https://10.0.0.1:6443 --token K10...::abc123.0123456789abcdef"
 )]
@@ -47,7 +48,9 @@ struct Options {
     /// Name of this node (a DNS-1123 subdomain). Defaults to the host name.
     #[arg(long)]
     node_name: Option<String>,
-    /// Directory for the node's key, certificate and the cluster CA.
+    /// Directory for the node's key, certificate and the cluster CA, pods'
+    /// emptyDir volumes (pods/) and, by default, the images directory
+    /// (images/).
     #[arg(
         long,
         env = "SKIFF_AGENT_DATA_DIR",
