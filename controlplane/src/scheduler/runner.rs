@@ -68,6 +68,49 @@ pub fn needs_scheduling(pod: &Pod) -> bool {
         && spec.scheduling_gates.as_ref().is_none_or(Vec::is_empty)
 }
 
+/// The part of a pending pod the scheduler keeps: what placement reads and
+/// the identity a binding checks. Everything else (env, volumes, probes,
+/// commands, annotations such as kubectl's last-applied configuration) is
+/// dropped, so that many pending pods cost little memory.
+fn for_scheduling(pod: &Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let slim_container = |container: &Container| Container {
+        name: container.name.clone(),
+        resources: container.resources.clone(),
+        ports: container.ports.clone(),
+        ..Container::default()
+    };
+    let metadata = &pod.metadata;
+    Pod {
+        metadata: ObjectMeta {
+            name: metadata.name.clone(),
+            namespace: metadata.namespace.clone(),
+            uid: metadata.uid.clone(),
+            labels: metadata.labels.clone(),
+            owner_references: metadata.owner_references.clone(),
+            deletion_timestamp: metadata.deletion_timestamp.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: pod.spec.as_ref().map(|spec| PodSpec {
+            containers: spec.containers.iter().map(slim_container).collect(),
+            init_containers: spec.init_containers.as_ref().map(|list| list.iter().map(slim_container).collect()),
+            node_name: spec.node_name.clone(),
+            node_selector: spec.node_selector.clone(),
+            affinity: spec.affinity.clone(),
+            tolerations: spec.tolerations.clone(),
+            overhead: spec.overhead.clone(),
+            host_network: spec.host_network,
+            scheduler_name: spec.scheduler_name.clone(),
+            priority: spec.priority,
+            scheduling_gates: spec.scheduling_gates.clone(),
+            topology_spread_constraints: spec.topology_spread_constraints.clone(),
+            ..PodSpec::default()
+        }),
+        status: pod.status.as_ref().map(|status| PodStatus { phase: status.phase.clone(), ..PodStatus::default() }),
+    }
+}
+
 /// Sets a pod condition the way Kubernetes' `UpdatePodCondition` does:
 /// `lastTransitionTime` moves only when the status does. Returns whether
 /// anything changed.
@@ -175,10 +218,11 @@ impl State {
         match pod.filter(|pod| needs_scheduling(pod)) {
             Some(pod) => {
                 let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-                let previous = self.pending.insert(key.to_owned(), pod.clone());
+                let slim = for_scheduling(pod);
+                let previous = self.pending.insert(key.to_owned(), slim.clone());
                 // A status write (our own PodScheduled condition, mostly)
                 // cannot make a pod fit, so it does not end its wait.
-                if previous.is_none_or(|previous| placement_inputs_differ(&previous, pod)) {
+                if previous.is_none_or(|previous| placement_inputs_differ(&previous, &slim)) {
                     self.queue.add(key, priority, now);
                 }
             }
