@@ -129,8 +129,12 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     let mut collected = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame = frame.map_err(|error| {
+            ApiError::BadRequest(format!("cannot read the request body: {error}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         total += data.len();
         if total <= MAX_BODY_BYTES {
             collected.extend_from_slice(&data);
@@ -139,7 +143,9 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
         }
     }
     if total > MAX_BODY_BYTES {
-        return Err(ApiError::RequestEntityTooLarge(format!("Request entity too large: limit is {MAX_BODY_BYTES}")));
+        return Err(ApiError::RequestEntityTooLarge(format!(
+            "Request entity too large: limit is {MAX_BODY_BYTES}"
+        )));
     }
     Ok(Bytes::from(collected))
 }

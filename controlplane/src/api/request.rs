@@ -89,7 +89,10 @@ impl Query {
     /// A boolean parameter, read as Go's `strconv.ParseBool` reads it:
     /// clients send `true`, `True` (the Python client) or `1`.
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
+        matches!(
+            self.get(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 }
 
