@@ -148,6 +148,16 @@ pub trait Cri: Send + Sync + 'static {
         &self,
         request: cri::ExecRequest,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// A single-use URL on the stream server that attaches to a container.
+    fn attach_url(
+        &self,
+        request: cri::AttachRequest,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// A single-use URL on the stream server that forwards to a sandbox's ports.
+    fn port_forward_url(
+        &self,
+        request: cri::PortForwardRequest,
+    ) -> impl Future<Output = Result<String, CriError>> + Send;
 }
 
 /// CRI over containerd's (or any CRI runtime's) unix socket.
@@ -500,6 +510,30 @@ impl Cri for GrpcCri {
             .runtime
             .clone()
             .exec(request(exec, CALL_TIMEOUT))
+            .await
+            .map_err(|s| CriError::from_status(CALL, s))?
+            .into_inner();
+        Ok(answer.url)
+    }
+
+    async fn attach_url(&self, attach: cri::AttachRequest) -> Result<String, CriError> {
+        const CALL: &str = "Attach";
+        let answer = self
+            .runtime
+            .clone()
+            .attach(request(attach, CALL_TIMEOUT))
+            .await
+            .map_err(|s| CriError::from_status(CALL, s))?
+            .into_inner();
+        Ok(answer.url)
+    }
+
+    async fn port_forward_url(&self, forward: cri::PortForwardRequest) -> Result<String, CriError> {
+        const CALL: &str = "PortForward";
+        let answer = self
+            .runtime
+            .clone()
+            .port_forward(request(forward, CALL_TIMEOUT))
             .await
             .map_err(|s| CriError::from_status(CALL, s))?
             .into_inner();

@@ -1,6 +1,8 @@
 //! The agent's HTTPS endpoint, which the control plane calls for what only
 //! the node has: container logs (`GET /containerLogs/NS/POD/CONTAINER`,
-//! kubelet's path and query parameters).
+//! kubelet's path and query parameters), and `exec`, `attach` and
+//! `portForward`, which are proxied to the runtime's stream server (see
+//! [`crate::streaming`]).
 //!
 //! Only the control plane may call it. Clients must present a certificate
 //! signed by the cluster CA whose common name is [`CONTROLPLANE_CLIENT_CN`];
@@ -239,6 +241,7 @@ pub async fn serve<C: Cri>(
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, %error, "agent endpoint connection ended");
@@ -248,6 +251,9 @@ pub async fn serve<C: Cri>(
 }
 
 async fn handle<C: Cri>(runtime: &PodRuntime<C>, request: Request<Incoming>) -> Response<Body> {
+    if crate::streaming::is_streaming_path(request.uri().path()) {
+        return crate::streaming::serve(runtime, request).await;
+    }
     let parsed = parse_request(
         request.method(),
         request.uri().path(),

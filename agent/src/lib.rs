@@ -30,6 +30,7 @@ pub mod logs;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod streaming;
 pub mod token;
 
 /// The agent's version in Kubernetes form, reported as the Node's

@@ -8,7 +8,8 @@
 //! without a verified certificate gets 401.
 //!
 //! Only HTTP/1.1 is offered over ALPN: watches are long chunked responses,
-//! and the exec/attach upgrade that comes later needs HTTP/1.1.
+//! and the exec/attach/portforward upgrades ([`crate::api::streaming`])
+//! need HTTP/1.1.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::errors::ApiError;
 use crate::api::handlers::{self, Reply, ServerFacts, MAX_BODY_BYTES};
 use crate::api::registry::Registry;
+use crate::api::streaming;
 use crate::pki::ServerPki;
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -180,6 +182,12 @@ async fn serve_request(
     if !authenticated && !is_public(&path) {
         tracing::debug!(%method, %path, "401 for an anonymous request");
         return error_response(&ApiError::Unauthorized);
+    }
+    if streaming::is_stream_upgrade(&request) {
+        return match streaming::serve(&registry, request).await {
+            Ok(response) => response,
+            Err(error) => error_response(&error),
+        };
     }
     let accept = header_str(&request, header::ACCEPT).to_owned();
     let content_type = header_str(&request, header::CONTENT_TYPE).to_owned();

@@ -512,6 +512,18 @@ impl<C: Cri> PodRuntime<C> {
                 .map(|c| c.id.clone())
         })
     }
+
+    /// The runtime ID of a pod's ready sandbox, for port forwarding.
+    pub fn ready_sandbox(&self, namespace: &str, name: &str) -> Option<String> {
+        let uid = lock(&self.inner.names)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()?;
+        lock(&self.inner.observed).get(&uid).and_then(|pod| {
+            pod.latest_sandbox()
+                .filter(|s| s.ready)
+                .map(|s| s.id.clone())
+        })
+    }
 }
 
 /// Lists sandboxes and containers (of one pod, or all) with their details.

@@ -387,4 +387,24 @@ impl Cri for FakeCri {
         state.calls.push(format!("Exec {}", request.container_id));
         Ok(format!("http://127.0.0.1:1/exec/{}", request.container_id))
     }
+
+    async fn attach_url(&self, request: cri::AttachRequest) -> Result<String, CriError> {
+        let mut state = self.state();
+        state.calls.push(format!("Attach {}", request.container_id));
+        Ok(format!(
+            "http://127.0.0.1:1/attach/{}",
+            request.container_id
+        ))
+    }
+
+    async fn port_forward_url(&self, request: cri::PortForwardRequest) -> Result<String, CriError> {
+        let mut state = self.state();
+        state
+            .calls
+            .push(format!("PortForward {}", request.pod_sandbox_id));
+        Ok(format!(
+            "http://127.0.0.1:1/portforward/{}",
+            request.pod_sandbox_id
+        ))
+    }
 }

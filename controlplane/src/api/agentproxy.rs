@@ -164,14 +164,14 @@ pub fn agent_address(node: &Value) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }
 
-/// The agent path for a pod's log request, and whether it follows.
-pub fn log_request(pod: &Value, query: &Query) -> Result<(String, bool), ApiError> {
+/// The container a log or exec request means: `?container=`, or the only
+/// one the pod has.
+pub fn chosen_container<'a>(pod: &'a Value, query: &'a Query) -> Result<&'a str, ApiError> {
     let name = str_at(pod, "/metadata/name").unwrap_or_default();
-    let namespace = str_at(pod, "/metadata/namespace").unwrap_or("default");
     let containers: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -192,6 +192,14 @@ pub fn log_request(pod: &Value, query: &Query) -> Result<(String, bool), ApiErro
             )))
         }
     };
+    Ok(container)
+}
+
+/// The agent path for a pod's log request, and whether it follows.
+pub fn log_request(pod: &Value, query: &Query) -> Result<(String, bool), ApiError> {
+    let name = str_at(pod, "/metadata/name").unwrap_or_default();
+    let namespace = str_at(pod, "/metadata/namespace").unwrap_or("default");
+    let container = chosen_container(pod, query)?;
     let follow = query.flag("follow");
     let mut params = url::form_urlencoded::Serializer::new(String::new());
     for flag in ["follow", "previous", "timestamps"] {
@@ -221,18 +229,22 @@ pub fn log_request(pod: &Value, query: &Query) -> Result<(String, bool), ApiErro
     ))
 }
 
-fn unreachable(node: &str, reason: impl std::fmt::Display) -> ApiError {
+pub(super) fn unreachable(node: &str, reason: impl std::fmt::Display) -> ApiError {
     ApiError::ServiceUnavailable(format!("cannot reach the agent of node {node}: {reason}"))
 }
 
-/// Answers `pods/{name}/log` from the pod's node.
-pub async fn container_logs(
+/// A TLS connection to a node's agent, authenticated as the control
+/// plane, and the agent's address.
+pub async fn connect(
     registry: &Registry,
-    pod: &Value,
     node_name: &str,
-    query: &Query,
-) -> Result<Reply, ApiError> {
-    let (path, follow) = log_request(pod, query)?;
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    ),
+    ApiError,
+> {
     let nodes = resources::find("", "v1", "nodes")
         .ok_or_else(|| ApiError::Internal("nodes are not served".into()))?;
     let node = registry.get(nodes, None, node_name).await?;
@@ -250,6 +262,18 @@ pub async fn container_logs(
         .connect(ServerName::IpAddress(address.ip().into()), tcp)
         .await
         .map_err(|error| unreachable(node_name, format!("TLS: {error}")))?;
+    Ok((tls, address))
+}
+
+/// Answers `pods/{name}/log` from the pod's node.
+pub async fn container_logs(
+    registry: &Registry,
+    pod: &Value,
+    node_name: &str,
+    query: &Query,
+) -> Result<Reply, ApiError> {
+    let (path, follow) = log_request(pod, query)?;
+    let (tls, address) = connect(registry, node_name).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|error| unreachable(node_name, error))?;

@@ -363,9 +363,9 @@ async fn resource(
                 Some(node) if sub == "log" => {
                     super::agentproxy::container_logs(registry, &pod, node, query).await
                 }
-                Some(node) => Err(ApiError::ServiceUnavailable(format!(
-                    "the node agent of node {node} is not connected, so pod {name}'s {sub} cannot be reached"
-                ))),
+                // Upgrades are relayed before reaching here (api::streaming);
+                // what is left did not ask for one.
+                Some(_) => Err(ApiError::BadRequest("Upgrade request required".into())),
             }
         }
         (Some(SubresourcePath::Other(sub)), _)

@@ -9,4 +9,5 @@ pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod strategy;
+pub mod streaming;
 pub mod watch;
