@@ -1,5 +1,6 @@
 //! Controllers that run inside the control plane process.
 
+pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod gc;
