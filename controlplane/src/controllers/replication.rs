@@ -199,7 +199,7 @@ fn owner_store_key(key: &OwnerKey) -> Option<String> {
 }
 
 /// Namespace and name from a namespaced store key under `prefix`.
-fn split_key<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+pub(crate) fn split_key<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     key.strip_prefix(prefix)?.split_once('/')
 }
 
@@ -637,11 +637,11 @@ impl ReplicationManager {
     }
 }
 
-fn parse(kv: &KeyValue) -> Option<Value> {
+pub(crate) fn parse(kv: &KeyValue) -> Option<Value> {
     match objects::value(kv) {
         Ok(object) => Some(object),
         Err(error) => {
-            tracing::warn!(key = %kv.key, %error, "replication controller skips an object it cannot read");
+            tracing::warn!(key = %kv.key, %error, "a controller skips an object it cannot read");
             None
         }
     }
