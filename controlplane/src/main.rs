@@ -13,6 +13,7 @@ use skiff_controlplane::allocators::{
 };
 use skiff_controlplane::api::handlers::ServerFacts;
 use skiff_controlplane::api::registry::Registry;
+use skiff_controlplane::controllers::deployment::DeploymentController;
 use skiff_controlplane::controllers::gc::GarbageCollector;
 use skiff_controlplane::controllers::replication::ReplicationManager;
 use skiff_controlplane::nodeapi::{self, token::TokenStore};
@@ -175,6 +176,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
     tokio::spawn(Scheduler::new(registry.clone()).run());
     tokio::spawn(ReplicationManager::new(registry.clone()).run());
+    tokio::spawn(DeploymentController::new(registry.clone()).run());
 
     let facts = Arc::new(ServerFacts {
         ca_pem: pki.ca_pem.clone(),
