@@ -166,6 +166,7 @@ pub fn default_and_validate(
                     rolling
                         .max_unavailable
                         .get_or_insert(IntOrString::String("25%".into()));
+                    validate_rolling_update(rolling, errors);
                 }
                 "Recreate" => {
                     if strategy.rolling_update.is_some() {
@@ -182,6 +183,7 @@ pub fn default_and_validate(
                 )),
             }
             validate_replicas(spec.replicas, errors);
+            validate_deployment_timing(spec, errors);
             let selector =
                 validate_label_selector(&Some(spec.selector.clone()), "spec.selector", errors);
             validate_template(&mut spec.template, "spec.template", &selector, errors);
@@ -370,6 +372,110 @@ fn validate_replicas(replicas: Option<i32>, errors: &mut Errors) {
         errors.push(FieldError::invalid(
             "spec.replicas",
             replicas,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// Kubernetes' `ValidatePositiveIntOrPercent`; returns the number (or
+/// percentage) when it is valid.
+fn validate_int_or_percent(value: &IntOrString, field: &str, errors: &mut Errors) -> Option<i32> {
+    match value {
+        IntOrString::Int(number) if *number < 0 => {
+            errors.push(FieldError::invalid(
+                field,
+                number,
+                "must be greater than or equal to 0",
+            ));
+            None
+        }
+        IntOrString::Int(number) => Some(*number),
+        IntOrString::String(text) => {
+            let digits = text
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            match digits.and_then(|d| d.parse().ok()) {
+                Some(percent) => Some(percent),
+                None => {
+                    errors.push(FieldError::invalid(
+                        field,
+                        text,
+                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                    ));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Kubernetes' `ValidateRollingUpdateDeployment`: the deployment
+/// controller relies on both values being well formed and not both zero.
+fn validate_rolling_update(
+    rolling: &k8s_openapi::api::apps::v1::RollingUpdateDeployment,
+    errors: &mut Errors,
+) {
+    const PATH: &str = "spec.strategy.rollingUpdate";
+    let zero = IntOrString::Int(0);
+    let unavailable = rolling.max_unavailable.as_ref().unwrap_or(&zero);
+    let surge = rolling.max_surge.as_ref().unwrap_or(&zero);
+    let unavailable_value =
+        validate_int_or_percent(unavailable, &format!("{PATH}.maxUnavailable"), errors);
+    let surge_value = validate_int_or_percent(surge, &format!("{PATH}.maxSurge"), errors);
+    let shown = |value: &IntOrString| match value {
+        IntOrString::Int(number) => number.to_string(),
+        IntOrString::String(text) => text.clone(),
+    };
+    if unavailable_value == Some(0) && surge_value == Some(0) {
+        errors.push(FieldError::invalid(
+            format!("{PATH}.maxUnavailable"),
+            shown(unavailable),
+            "may not be 0 when `maxSurge` is 0",
+        ));
+    }
+    if matches!(unavailable, IntOrString::String(_)) && unavailable_value.is_some_and(|p| p > 100) {
+        errors.push(FieldError::invalid(
+            format!("{PATH}.maxUnavailable"),
+            shown(unavailable),
+            "must not be greater than 100%",
+        ));
+    }
+}
+
+/// The deadline must leave room for `minReadySeconds`, or no rollout
+/// could ever be on time.
+fn validate_deployment_timing(
+    spec: &k8s_openapi::api::apps::v1::DeploymentSpec,
+    errors: &mut Errors,
+) {
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    if min_ready < 0 {
+        errors.push(FieldError::invalid(
+            "spec.minReadySeconds",
+            min_ready,
+            "must be greater than or equal to 0",
+        ));
+    }
+    if let Some(deadline) = spec.progress_deadline_seconds {
+        if deadline < 0 {
+            errors.push(FieldError::invalid(
+                "spec.progressDeadlineSeconds",
+                deadline,
+                "must be greater than or equal to 0",
+            ));
+        }
+        if deadline <= min_ready {
+            errors.push(FieldError::invalid(
+                "spec.progressDeadlineSeconds",
+                deadline,
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
+    if let Some(limit) = spec.revision_history_limit.filter(|limit| *limit < 0) {
+        errors.push(FieldError::invalid(
+            "spec.revisionHistoryLimit",
+            limit,
             "must be greater than or equal to 0",
         ));
     }
@@ -981,6 +1087,34 @@ mod tests {
                 .any(|m| m.contains("`selector` does not match template `labels`")),
             "{messages:?}"
         );
+    }
+
+    #[test]
+    fn deployment_rollout_parameters_are_validated() {
+        let info = find("apps", "v1", "deployments").expect("d");
+        let deployment = |spec: Value| {
+            let mut object = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"app": "x"}},
+                    "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+            json_patch::merge(&mut object, &spec);
+            object
+        };
+        let rolling = |surge: Value, unavailable: Value| {
+            deployment(json!({"spec": {"strategy": {"rollingUpdate":
+                {"maxSurge": surge, "maxUnavailable": unavailable}}}}))
+        };
+        for (object, message) in [
+            (rolling(json!("1"), json!(1)), "a valid percent string must be a numeric string"),
+            (rolling(json!(-1), json!(1)), "maxSurge: Invalid value: \"-1\": must be greater than or equal to 0"),
+            (rolling(json!(0), json!("0%")), "may not be 0 when `maxSurge` is 0"),
+            (rolling(json!(1), json!("101%")), "must not be greater than 100%"),
+            (deployment(json!({"spec": {"minReadySeconds": 10, "progressDeadlineSeconds": 10}})),
+                "spec.progressDeadlineSeconds: Invalid value: \"10\": must be greater than minReadySeconds"),
+        ] {
+            let messages = causes(default_and_validate(info, object, None).expect_err("invalid"));
+            assert!(messages.iter().any(|m| m.contains(message)), "{messages:?} lacks {message}");
+        }
+        default_and_validate(info, rolling(json!("50%"), json!(0)), None).expect("valid");
     }
 
     #[test]
