@@ -49,12 +49,11 @@ pub struct RedbStoreOptions {
 
 impl Default for RedbStoreOptions {
     fn default() -> Self {
-        RedbStoreOptions {
-            cache_bytes: 32 << 20,
-            watch_history: 4096,
-            watch_channel: 8192,
-            max_batch: 2048,
-        }
+        // Every event a watcher may still need is kept alive by the history
+        // and the broadcast ring, values and previous values both, so these
+        // two bounds are most of the store's memory. A watcher that falls
+        // further behind relists, as clients of the real apiserver do.
+        RedbStoreOptions { cache_bytes: 16 << 20, watch_history: 1024, watch_channel: 1024, max_batch: 2048 }
     }
 }
 
