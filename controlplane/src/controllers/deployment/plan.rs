@@ -42,7 +42,7 @@ use super::revisions::{
     DESIRED_REPLICAS, MAX_REPLICAS, POD_TEMPLATE_HASH, REVISION,
 };
 use super::rollout::{
-    max_surge, new_replica_set_size, old_replica_set_sizes, proportional_sizes, Counts, Sized,
+    max_surge, new_replica_set_size, old_replica_set_sizes, proportional_sizes, ActiveSet, Counts,
 };
 use crate::controllers::events::EventType;
 use crate::controllers::gc::controller_reference;
@@ -499,11 +499,11 @@ impl<'a> Sim<'a> {
         if !self.d.is_rolling_update() {
             return;
         }
-        let sized: Vec<Sized> = active
+        let sized: Vec<ActiveSet> = active
             .iter()
             .map(|&i| {
                 let rs = self.rs(i);
-                Sized {
+                ActiveSet {
                     name: &rs.name,
                     created: rs.created,
                     replicas: rs.replicas,

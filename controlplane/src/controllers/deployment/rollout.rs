@@ -150,7 +150,7 @@ pub fn old_replica_set_sizes(deployment: &Deployment, old: &[Counts], new: Count
 
 /// What proportional scaling needs to know of an active ReplicaSet.
 #[derive(Debug, Clone)]
-pub struct Sized<'a> {
+pub struct ActiveSet<'a> {
     pub name: &'a str,
     pub created: Option<Timestamp>,
     pub replicas: i64,
@@ -158,13 +158,13 @@ pub struct Sized<'a> {
     pub max_replicas: Option<i64>,
 }
 
-fn by_creation(a: &Sized, b: &Sized) -> Ordering {
+fn by_creation(a: &ActiveSet, b: &ActiveSet) -> Ordering {
     a.created.cmp(&b.created).then_with(|| a.name.cmp(b.name))
 }
 
 /// Kubernetes' `getReplicaSetFraction`: how much of the change this
 /// ReplicaSet takes, from its share of the deployment's previous maximum.
-fn fraction(rs: &Sized, deployment: &Deployment, status_replicas: i64) -> i64 {
+fn fraction(rs: &ActiveSet, deployment: &Deployment, status_replicas: i64) -> i64 {
     if deployment.replicas == 0 {
         return -rs.replicas;
     }
@@ -187,7 +187,7 @@ fn fraction(rs: &Sized, deployment: &Deployment, status_replicas: i64) -> i64 {
 /// growing, older ones first when shrinking), leftovers to the first.
 pub fn proportional_sizes(
     deployment: &Deployment,
-    active: &[Sized],
+    active: &[ActiveSet],
     status_replicas: i64,
 ) -> Vec<(usize, i64)> {
     let current: i64 = active.iter().map(|rs| rs.replicas).sum();
@@ -416,8 +416,13 @@ mod tests {
         assert_eq!((new, old), (2, 3));
     }
 
-    fn sized(name: &'static str, created: i64, replicas: i64, max: Option<i64>) -> Sized<'static> {
-        Sized {
+    fn sized(
+        name: &'static str,
+        created: i64,
+        replicas: i64,
+        max: Option<i64>,
+    ) -> ActiveSet<'static> {
+        ActiveSet {
             name,
             created: Some(Timestamp::from_second(created).expect("time")),
             replicas,
@@ -430,7 +435,7 @@ mod tests {
         struct Case {
             name: &'static str,
             replicas: i64,
-            active: Vec<Sized<'static>>,
+            active: Vec<ActiveSet<'static>>,
             status_replicas: i64,
             expected: Vec<(usize, i64)>,
         }
