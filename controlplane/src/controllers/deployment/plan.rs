@@ -1056,7 +1056,7 @@ mod tests {
                 "metadata": {"annotations": {REVISION: "1"}}}),
         );
         let old = replica_set("nginx:1", 1, 2, 2, 600);
-        let first = plan(&d, &[old.clone()], &[], now());
+        let first = plan(&d, std::slice::from_ref(&old), &[], now());
         assert_eq!(
             written(&first),
             [(name("nginx:1"), "update", 0, "1".to_owned())]
