@@ -697,28 +697,16 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
             Ok(fresh) => observed = Some(fresh),
             Err(error) => tracing::warn!(%error, %uid, "cannot observe the pod after acting on it"),
         }
-        if outcome.errors > 0 {
+        // After errors, back off (sooner if the plan itself asked for a
+        // retry); after a clean pass, wait only if the plan asked to.
+        let retry_in = if outcome.errors > 0 {
             let delay = next_error_delay(&mut memory);
-            if let Some(observation) = &observed {
-                let actions =
-                    pod_actions(&pod, &observation.pod, &memory.restarts, Timestamp::now());
-                publish(
-                    &inner,
-                    &slot,
-                    &pod,
-                    &observation.pod,
-                    &memory,
-                    &actions,
-                    false,
-                );
-            }
-            wait(
-                &slot,
-                Some(outcome.retry_after.map_or(delay, |r| r.min(delay))),
-            )
-            .await;
-        } else if let Some(after) = outcome.retry_after {
+            Some(outcome.retry_after.map_or(delay, |r| r.min(delay)))
+        } else {
             memory.error_delay = None;
+            outcome.retry_after
+        };
+        if let Some(after) = retry_in {
             if let Some(observation) = &observed {
                 let actions =
                     pod_actions(&pod, &observation.pod, &memory.restarts, Timestamp::now());
@@ -733,8 +721,6 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
                 );
             }
             wait(&slot, Some(after)).await;
-        } else {
-            memory.error_delay = None;
         }
     }
 }
