@@ -307,6 +307,7 @@ pub fn node_info(
         machine_id: facts.machine_id.clone(),
         boot_id: facts.boot_id.clone(),
         system_uuid: facts.system_uuid.clone(),
+        overlay: None,
     }
 }
 
@@ -546,6 +547,7 @@ mod tests {
                 protocol_version: 1,
                 pod_cidr: String::new(),
                 heartbeat_interval_seconds: 0,
+                network: None,
             })),
         };
         assert_eq!(
@@ -566,6 +568,7 @@ mod tests {
                     spec_json: "{not json".into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             })),
         };
         assert!(matches!(

@@ -124,6 +124,7 @@ impl From<DesiredPod> for proto::Pod {
             annotations: pod.annotations.into_iter().collect(),
             deletion_grace_period_seconds: pod.deletion_grace_period_seconds,
             resource_version: pod.resource_version,
+            volume_contents: Vec::new(),
         }
     }
 }
@@ -145,6 +146,7 @@ impl From<PodSnapshot> for proto::Snapshot {
         proto::Snapshot {
             revision: snapshot.revision,
             pods: snapshot.pods.into_iter().map(Into::into).collect(),
+            ..Default::default()
         }
     }
 }
@@ -192,6 +194,7 @@ impl From<PodDelta> for proto::Delta {
             revision: delta.revision,
             upserted,
             removed,
+            ..Default::default()
         }
     }
 }

@@ -167,6 +167,7 @@ impl proto::node_service_server::NodeService for NodeService {
             Some(Message::Hello(hello)) => hello,
             Some(Message::Heartbeat(_)) => return Err(not_hello("a Heartbeat")),
             Some(Message::PodStatus(_)) => return Err(not_hello("a PodStatusReport")),
+            Some(Message::Events(_)) => return Err(not_hello("an EventReport")),
             None => return Err(not_hello("an empty or unknown message")),
         };
         let registration =

@@ -94,6 +94,7 @@ impl Session {
                 protocol_version: PROTOCOL_VERSION,
                 pod_cidr: String::new(),
                 heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() as u32,
+                network: None,
             })),
         };
         tracing::info!(node = %self.registration.name, pods = self.snapshot.pods.len(), revision = self.snapshot.revision, "sending the node its snapshot");
@@ -175,6 +176,9 @@ impl Session {
         use proto::agent_message::Message;
         let node = &self.registration.name;
         match message.message {
+            // Recorded once the agent reports events; until then accepted
+            // and dropped, as an unknown message would be.
+            Some(Message::Events(_)) => Ok(()),
             Some(Message::Hello(_)) => Err(Status::invalid_argument(
                 "Hello may only be sent once, as the first message of a Connect stream",
             )),
