@@ -429,6 +429,7 @@ mod tests {
             machine_id: "0123456789abcdef".into(),
             boot_id: "b0075a1e".into(),
             system_uuid: String::new(),
+            overlay: None,
         }
     }
 
