@@ -320,6 +320,7 @@ fn heartbeat() -> proto::AgentMessage {
                 reason: "KubeletReady".into(),
                 message: "skiff-agent is posting ready status".into(),
             }],
+            overlay: None,
         })),
     }
 }
