@@ -8,8 +8,15 @@
 //! each such key in memory only, as Kubernetes' correlator does; after a
 //! restart, the first repeat starts a new event.
 //!
-//! Building an event is pure ([`new_event`], [`bumped`]); only
-//! [`EventRecorder::record`] writes, through the registry.
+//! Events another component observed are recorded the same way
+//! ([`EventRecorder::record_reported`]): a node's agent reports kubelet's
+//! events with the container they concern (`involvedObject.fieldPath`),
+//! its node as `source.host`, and a count of its own, which is added to
+//! the folded event's.
+//!
+//! Building an event is pure ([`new_event`], [`reported_event`],
+//! [`bumped`]); only [`EventRecorder::record`] and
+//! [`EventRecorder::record_reported`] write, through the registry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,6 +90,32 @@ pub struct EventRecord {
     pub message: String,
 }
 
+/// An event another component observed, with its own count and times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedEvent {
+    pub record: EventRecord,
+    /// The part of the object it concerns (`spec.containers{web}`); empty
+    /// for the object as a whole.
+    pub field_path: String,
+    /// `source.component` / `reportingComponent`, e.g. `kubelet`.
+    pub component: String,
+    /// `source.host` / `reportingInstance`: the node it happened on.
+    pub host: String,
+    /// How many times it happened (at least 1).
+    pub count: u32,
+    /// RFC 3339.
+    pub first_timestamp: String,
+    pub last_timestamp: String,
+}
+
+/// What repeats fold into one event by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FoldKey {
+    record: EventRecord,
+    field_path: String,
+    host: String,
+}
+
 /// A new Event object for `record`, first seen at `now`.
 pub fn new_event(component: &str, record: &EventRecord, name: &str, now: &str) -> Value {
     let involved = &record.involved;
@@ -109,12 +142,37 @@ pub fn new_event(component: &str, record: &EventRecord, name: &str, now: &str) -
     })
 }
 
+/// A new Event object for a reported event.
+pub fn reported_event(reported: &ReportedEvent, name: &str) -> Value {
+    let mut event = new_event(
+        &reported.component,
+        &reported.record,
+        name,
+        &reported.first_timestamp,
+    );
+    if !reported.field_path.is_empty() {
+        event["involvedObject"]["fieldPath"] = json!(reported.field_path);
+    }
+    if !reported.host.is_empty() {
+        event["source"]["host"] = json!(reported.host);
+        event["reportingInstance"] = json!(reported.host);
+    }
+    event["lastTimestamp"] = json!(reported.last_timestamp);
+    event["count"] = json!(reported.count.max(1));
+    event
+}
+
 /// `existing` seen once more at `now`.
 pub fn bumped(existing: &Value, now: &str) -> Value {
+    bumped_by(existing, 1, now)
+}
+
+/// `existing` seen `times` more, the last time at `last`.
+pub fn bumped_by(existing: &Value, times: u32, last: &str) -> Value {
     let mut event = existing.clone();
     let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1);
-    event["count"] = json!(count + 1);
-    event["lastTimestamp"] = json!(now);
+    event["count"] = json!(count + i64::from(times.max(1)));
+    event["lastTimestamp"] = json!(last);
     event
 }
 
@@ -128,7 +186,7 @@ pub struct EventRecorder {
     registry: Arc<Registry>,
     component: &'static str,
     /// The event last recorded for each record, by namespace and name.
-    recorded: Mutex<HashMap<EventRecord, String>>,
+    recorded: Mutex<HashMap<FoldKey, String>>,
 }
 
 fn events_info() -> Result<&'static ResourceInfo, ApiError> {
@@ -144,14 +202,14 @@ impl EventRecorder {
         }
     }
 
-    fn remembered(&self, record: &EventRecord) -> Option<String> {
+    fn remembered(&self, key: &FoldKey) -> Option<String> {
         self.recorded
             .lock()
             .ok()
-            .and_then(|map| map.get(record).cloned())
+            .and_then(|map| map.get(key).cloned())
     }
 
-    fn remember(&self, record: EventRecord, name: String) {
+    fn remember(&self, record: FoldKey, name: String) {
         if let Ok(mut map) = self.recorded.lock() {
             if map.len() >= REMEMBERED {
                 map.clear();
@@ -163,10 +221,47 @@ impl EventRecorder {
     /// Records an event: bumps the one made for the same record before, if
     /// it still exists, else creates one.
     pub async fn record(&self, record: EventRecord) -> Result<(), EventError> {
-        let info = events_info()?;
         let now = objects::now_rfc3339();
-        let namespace = record.involved.namespace.clone();
-        if let Some(name) = self.remembered(&record) {
+        let component = self.component;
+        let key = FoldKey {
+            record,
+            field_path: String::new(),
+            host: String::new(),
+        };
+        self.fold_or_create(
+            key,
+            |existing| bumped(existing, &now),
+            |key, name| new_event(component, &key.record, name, &now),
+        )
+        .await
+    }
+
+    /// Records an event another component reported: adds its count to the
+    /// event made for the same record (and part and node) before, if it
+    /// still exists, else creates one with the reported count and times.
+    pub async fn record_reported(&self, reported: ReportedEvent) -> Result<(), EventError> {
+        let key = FoldKey {
+            record: reported.record.clone(),
+            field_path: reported.field_path.clone(),
+            host: reported.host.clone(),
+        };
+        self.fold_or_create(
+            key,
+            |existing| bumped_by(existing, reported.count, &reported.last_timestamp),
+            |_, name| reported_event(&reported, name),
+        )
+        .await
+    }
+
+    async fn fold_or_create(
+        &self,
+        key: FoldKey,
+        bump: impl Fn(&Value) -> Value,
+        create: impl Fn(&FoldKey, &str) -> Value,
+    ) -> Result<(), EventError> {
+        let info = events_info()?;
+        let namespace = key.record.involved.namespace.clone();
+        if let Some(name) = self.remembered(&key) {
             for _ in 0..RETRIES {
                 let existing = match self.registry.get(info, Some(&namespace), &name).await {
                     Ok(existing) => existing,
@@ -179,7 +274,7 @@ impl EventRecorder {
                         info,
                         Some(&namespace),
                         &name,
-                        bumped(&existing, &now),
+                        bump(&existing),
                         WriteMode::default(),
                     )
                     .await
@@ -193,15 +288,15 @@ impl EventRecorder {
         }
         let mut nanos = jiff::Timestamp::now().as_nanosecond();
         for _ in 0..RETRIES {
-            let name = event_name(&record.involved.name, nanos);
-            let event = new_event(self.component, &record, &name, &now);
+            let name = event_name(&key.record.involved.name, nanos);
+            let event = create(&key, &name);
             match self
                 .registry
                 .create(info, Some(&namespace), event, false)
                 .await
             {
                 Ok(_) => {
-                    self.remember(record, name);
+                    self.remember(key, name);
                     return Ok(());
                 }
                 // Two events for one object in the same nanosecond.
@@ -263,6 +358,35 @@ mod tests {
         assert_eq!(again["firstTimestamp"], "2025-01-01T00:00:00Z");
         assert_eq!(again["lastTimestamp"], "2025-01-01T00:05:00Z");
         assert_eq!(bumped(&again, "x")["count"], 3);
+    }
+
+    #[test]
+    fn a_reported_event_names_its_container_node_and_count() {
+        let reported = ReportedEvent {
+            record: EventRecord {
+                event_type: EventType::Normal,
+                reason: "Started".into(),
+                message: "Started container web".into(),
+                ..record()
+            },
+            field_path: "spec.containers{web}".into(),
+            component: "kubelet".into(),
+            host: "node-1".into(),
+            count: 3,
+            first_timestamp: "2025-01-01T00:00:00Z".into(),
+            last_timestamp: "2025-01-01T00:01:00Z".into(),
+        };
+        let event = reported_event(&reported, "web-1.1");
+        assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{web}");
+        assert_eq!(event["source"]["component"], "kubelet");
+        assert_eq!(event["source"]["host"], "node-1");
+        assert_eq!(event["reportingInstance"], "node-1");
+        assert_eq!(event["count"], 3);
+        assert_eq!(event["firstTimestamp"], "2025-01-01T00:00:00Z");
+        assert_eq!(event["lastTimestamp"], "2025-01-01T00:01:00Z");
+        let again = bumped_by(&event, 2, "2025-01-01T00:02:00Z");
+        assert_eq!(again["count"], 5);
+        assert_eq!(again["lastTimestamp"], "2025-01-01T00:02:00Z");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 pub mod identity;
 pub mod node;
 pub mod pods;
+pub mod resolve;
 mod service;
 mod session;
 pub mod token;

@@ -14,17 +14,27 @@
 //! - bound here before and not after (deleted from the store) → remove.
 //! - otherwise → nothing.
 //!
+//! What a node is sent is the pod resolved ([`super::resolve`]) against the
+//! ConfigMaps and Secrets of its namespace. [`NodePods`] remembers the pods
+//! as last sent and those objects (one namespace at a time, loaded by the
+//! caller the first time a pod there refers to one), so that a change to a
+//! ConfigMap or Secret re-sends exactly the pods that refer to it, and only
+//! when what they are sent changes ([`NodePods::config_event`]).
+//!
 //! Status reports are checked against the stored pod by [`check_report`]:
 //! a pod bound to another node (or to none) is refused outright; a report
 //! about a pod that is gone, or was recreated under the same name with
 //! another uid, is stale and dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use skiff_proto::node::v1 as proto;
 use skiff_store::{Event, EventType};
 
+use super::resolve::{
+    self, ConfigData, ConfigKind, ConfigLookup, ConfigRef, ResolveError, ResolvedPod,
+};
 use crate::api::errors::ApiError;
 use crate::api::objects::{self, str_at};
 
@@ -36,6 +46,10 @@ pub enum PodError {
     Stored(#[from] ApiError),
     #[error("invalid pod status report: {0}")]
     InvalidReport(String),
+    #[error("invalid pod event: {0}")]
+    InvalidEvent(String),
+    #[error(transparent)]
+    Config(#[from] ResolveError),
     #[error("pod {namespace}/{name} is not bound to node {node}; a node may only report the status of its own pods")]
     NotBoundHere {
         namespace: String,
@@ -125,7 +139,200 @@ impl From<DesiredPod> for proto::Pod {
             deletion_grace_period_seconds: pod.deletion_grace_period_seconds,
             resource_version: pod.resource_version,
             volume_contents: Vec::new(),
+            unresolved: Vec::new(),
         }
+    }
+}
+
+/// The pod as its node receives it: `pod` with its spec resolved.
+pub fn wire_pod(pod: DesiredPod, resolved: ResolvedPod) -> proto::Pod {
+    let mut wire = proto::Pod::from(DesiredPod {
+        spec: resolved.spec,
+        ..pod
+    });
+    wire.volume_contents = resolved
+        .volumes
+        .into_iter()
+        .map(|volume| proto::VolumeContents {
+            volume_name: volume.volume,
+            files: volume.files.into_iter().collect(),
+            modes: volume.modes.into_iter().collect(),
+        })
+        .collect();
+    wire.unresolved = resolved
+        .unresolved
+        .into_iter()
+        .map(|u| proto::UnresolvedReference {
+            container: u.container,
+            volume: u.volume,
+            message: u.message,
+        })
+        .collect();
+    wire
+}
+
+/// The ConfigMaps and Secrets of one namespace, each kind as of the store
+/// revision it was listed at.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceConfigs {
+    /// Events of a kind at or below its revision are already reflected.
+    pub revisions: BTreeMap<ConfigKind, i64>,
+    pub objects: BTreeMap<(ConfigKind, String), ConfigData>,
+}
+
+impl NamespaceConfigs {
+    /// From one list per kind (its revision and its objects); unreadable
+    /// objects are left out (and so unresolved) rather than cutting the
+    /// node off.
+    pub fn from_listed(
+        lists: impl IntoIterator<Item = (ConfigKind, i64, Vec<skiff_store::KeyValue>)>,
+    ) -> NamespaceConfigs {
+        let mut configs = NamespaceConfigs::default();
+        for (kind, revision, items) in lists {
+            configs.revisions.insert(kind, revision);
+            for kv in items {
+                let read = objects::value(&kv)
+                    .map_err(PodError::from)
+                    .and_then(|object| Ok((ConfigData::from_object(kind, &object)?, object)));
+                match read {
+                    Ok((data, object)) => {
+                        let name = str_at(&object, "/metadata/name")
+                            .unwrap_or_default()
+                            .to_owned();
+                        configs.objects.insert((kind, name), data);
+                    }
+                    Err(error) => {
+                        tracing::warn!(key = %kv.key, %error, "skipping an unreadable object")
+                    }
+                }
+            }
+        }
+        configs
+    }
+}
+
+impl ConfigLookup for NamespaceConfigs {
+    fn get(&self, kind: ConfigKind, name: &str) -> Option<&ConfigData> {
+        self.objects.get(&(kind, name.to_owned()))
+    }
+}
+
+/// A ConfigMap or Secret with nothing in it, for references to namespaces
+/// not loaded (which only happens for pods that refer to nothing).
+struct NothingLoaded;
+
+impl ConfigLookup for NothingLoaded {
+    fn get(&self, _: ConfigKind, _: &str) -> Option<&ConfigData> {
+        None
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SentPod {
+    desired: DesiredPod,
+    refs: BTreeSet<ConfigRef>,
+    wire: proto::Pod,
+}
+
+/// A node's pods as last sent, and the configuration they were resolved
+/// against.
+#[derive(Debug, Default)]
+pub struct NodePods {
+    pods: BTreeMap<String, SentPod>,
+    configs: BTreeMap<String, NamespaceConfigs>,
+}
+
+impl NodePods {
+    /// The namespace to load before `pod` can be resolved, if any: one
+    /// whose objects it refers to and that is not loaded yet.
+    pub fn namespace_to_load(&self, pod: &DesiredPod) -> Option<String> {
+        (!self.configs.contains_key(&pod.namespace) && !resolve::references(&pod.spec).is_empty())
+            .then(|| pod.namespace.clone())
+    }
+
+    pub fn load_namespace(&mut self, namespace: &str, configs: NamespaceConfigs) {
+        self.configs.insert(namespace.to_owned(), configs);
+    }
+
+    fn resolve(&self, pod: &DesiredPod) -> proto::Pod {
+        let resolved = match self.configs.get(&pod.namespace) {
+            Some(configs) => resolve::resolve(&pod.namespace, &pod.spec, configs, &[]),
+            None => resolve::resolve(&pod.namespace, &pod.spec, &NothingLoaded, &[]),
+        };
+        wire_pod(pod.clone(), resolved)
+    }
+
+    /// The pod as it is sent now, remembered as sent.
+    pub fn send(&mut self, pod: DesiredPod) -> proto::Pod {
+        let wire = self.resolve(&pod);
+        self.pods.insert(
+            pod.uid.clone(),
+            SentPod {
+                refs: resolve::references(&pod.spec),
+                desired: pod,
+                wire: wire.clone(),
+            },
+        );
+        wire
+    }
+
+    pub fn forget(&mut self, uid: &str) {
+        self.pods.remove(uid);
+    }
+
+    /// Applies a store event on a ConfigMap or Secret; returns the pods
+    /// whose resolution it changed, to be sent again. Events about
+    /// namespaces not loaded, or already reflected in what was loaded, are
+    /// ignored.
+    pub fn config_event(
+        &mut self,
+        kind: ConfigKind,
+        event: &Event,
+    ) -> Result<Vec<proto::Pod>, PodError> {
+        // Keys end in `<namespace>/<name>`; a delete may carry no object.
+        let mut parts = event.kv.key.rsplitn(3, '/');
+        let (Some(name), Some(namespace)) = (parts.next(), parts.next()) else {
+            return Ok(Vec::new());
+        };
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let Some(configs) = self.configs.get_mut(&namespace) else {
+            return Ok(Vec::new());
+        };
+        let reflected = configs.revisions.get(&kind).copied().unwrap_or(0);
+        if event.revision() <= reflected {
+            return Ok(Vec::new());
+        }
+        configs.revisions.insert(kind, event.revision());
+        let key = (kind, name.clone());
+        match event.event_type {
+            EventType::Put => {
+                let object = objects::value(&event.kv)?;
+                configs
+                    .objects
+                    .insert(key, ConfigData::from_object(kind, &object)?);
+            }
+            EventType::Delete => {
+                configs.objects.remove(&key);
+            }
+        }
+        let reference = ConfigRef { kind, name };
+        let affected: Vec<DesiredPod> = self
+            .pods
+            .values()
+            .filter(|sent| sent.desired.namespace == namespace && sent.refs.contains(&reference))
+            .map(|sent| sent.desired.clone())
+            .collect();
+        let mut changed = Vec::new();
+        for pod in affected {
+            let wire = self.resolve(&pod);
+            if let Some(sent) = self.pods.get_mut(&pod.uid) {
+                if sent.wire != wire {
+                    sent.wire = wire.clone();
+                    changed.push(wire);
+                }
+            }
+        }
+        Ok(changed)
     }
 }
 
@@ -139,13 +346,24 @@ pub fn is_bound_to(pod: &Value, node: &str) -> bool {
 pub struct PodSnapshot {
     pub revision: i64,
     pub pods: Vec<DesiredPod>,
+    /// The pods as sent, resolved, by uid; a pod missing here is sent as
+    /// stored.
+    pub resolved: BTreeMap<String, proto::Pod>,
 }
 
 impl From<PodSnapshot> for proto::Snapshot {
-    fn from(snapshot: PodSnapshot) -> proto::Snapshot {
+    fn from(mut snapshot: PodSnapshot) -> proto::Snapshot {
+        let pods = snapshot
+            .pods
+            .into_iter()
+            .map(|pod| match snapshot.resolved.remove(&pod.uid) {
+                Some(wire) => wire,
+                None => pod.into(),
+            })
+            .collect();
         proto::Snapshot {
             revision: snapshot.revision,
-            pods: snapshot.pods.into_iter().map(Into::into).collect(),
+            pods,
             ..Default::default()
         }
     }
@@ -166,7 +384,11 @@ pub fn snapshot(
             pods.push(DesiredPod::from_object(&kv.key, &pod)?);
         }
     }
-    Ok(PodSnapshot { revision, pods })
+    Ok(PodSnapshot {
+        revision,
+        pods,
+        resolved: BTreeMap::new(),
+    })
 }
 
 /// What one store event means to a node.
@@ -279,6 +501,99 @@ impl TryFrom<proto::PodStatusReport> for StatusReport {
             terminated: report.terminated,
         })
     }
+}
+
+/// An event a node observed about one of its pods, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEventReport {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub field_path: String,
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    /// RFC 3339, seconds.
+    pub first_timestamp: String,
+    pub last_timestamp: String,
+}
+
+/// Kubernetes caps an event's message at this many bytes.
+const EVENT_MESSAGE_LIMIT: usize = 1024;
+
+fn rfc3339_from_millis(millis: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(millis)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+impl TryFrom<proto::PodEvent> for PodEventReport {
+    type Error = PodError;
+
+    fn try_from(event: proto::PodEvent) -> Result<PodEventReport, PodError> {
+        let invalid = PodError::InvalidEvent;
+        for (field, value) in [
+            ("pod_uid", &event.pod_uid),
+            ("namespace", &event.namespace),
+            ("pod_name", &event.pod_name),
+            ("reason", &event.reason),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(format!("{field} is required")));
+            }
+        }
+        let warning = match event.r#type.as_str() {
+            "Normal" => false,
+            "Warning" => true,
+            other => {
+                return Err(invalid(format!(
+                    "type must be Normal or Warning, not {other:?}"
+                )))
+            }
+        };
+        if event.count == 0 {
+            return Err(invalid("count must be at least 1".into()));
+        }
+        if event.last_timestamp_ms < event.first_timestamp_ms {
+            return Err(invalid(
+                "last_timestamp_ms must not be before first_timestamp_ms".into(),
+            ));
+        }
+        let first = rfc3339_from_millis(event.first_timestamp_ms)
+            .ok_or_else(|| invalid("first_timestamp_ms is out of range".into()))?;
+        let last = rfc3339_from_millis(event.last_timestamp_ms)
+            .ok_or_else(|| invalid("last_timestamp_ms is out of range".into()))?;
+        let mut message = event.message;
+        if message.len() > EVENT_MESSAGE_LIMIT {
+            let mut end = EVENT_MESSAGE_LIMIT;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Ok(PodEventReport {
+            uid: event.pod_uid,
+            namespace: event.namespace,
+            name: event.pod_name,
+            field_path: event.field_path,
+            warning,
+            reason: event.reason,
+            message,
+            count: event.count,
+            first_timestamp: first,
+            last_timestamp: last,
+        })
+    }
+}
+
+/// Whether an event from `node` is about a pod it runs: the stored pod
+/// (`None` if there is none under that name) has the event's uid and is
+/// bound to `node`.
+pub fn event_is_about_own_pod(current: Option<&Value>, event: &PodEventReport, node: &str) -> bool {
+    current.is_some_and(|pod| {
+        str_at(pod, "/metadata/uid") == Some(event.uid.as_str()) && is_bound_to(pod, node)
+    })
 }
 
 /// What to do with a status report.
@@ -435,6 +750,122 @@ mod tests {
         }
     }
 
+    fn config_kv(kind: &str, name: &str, revision: i64, object: Value) -> KeyValue {
+        KeyValue {
+            key: format!("/registry/core/{kind}/default/{name}"),
+            value: Bytes::from(serde_json::to_vec(&object).expect("json")),
+            create_revision: 1,
+            mod_revision: revision,
+        }
+    }
+
+    fn config_map(name: &str, mode: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default"}, "data": {"mode": mode}})
+    }
+
+    fn pod_using(uid: &str, config_map: &str) -> DesiredPod {
+        let mut stored = pod(Some("n1"));
+        stored["metadata"]["uid"] = json!(uid);
+        stored["spec"]["containers"][0]["env"] = json!([
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": config_map, "key": "mode"}}}
+        ]);
+        stored["spec"]["volumes"] = json!([{"name": "cfg", "configMap": {"name": config_map}}]);
+        DesiredPod::from_object("k", &stored).expect("pod")
+    }
+
+    #[test]
+    fn a_config_change_resends_exactly_the_pods_that_refer_to_it() {
+        let mut pods = NodePods::default();
+        let uses_app = pod_using("u-1", "app");
+        let uses_other = pod_using("u-2", "other");
+        let plain = DesiredPod::from_object("k", &pod(Some("n1"))).expect("pod");
+        assert_eq!(pods.namespace_to_load(&plain), None, "refers to nothing");
+        assert_eq!(
+            pods.namespace_to_load(&uses_app).as_deref(),
+            Some("default")
+        );
+        pods.load_namespace(
+            "default",
+            NamespaceConfigs::from_listed([
+                (
+                    ConfigKind::ConfigMap,
+                    10,
+                    vec![config_kv("configmaps", "app", 9, config_map("app", "slow"))],
+                ),
+                (ConfigKind::Secret, 10, Vec::new()),
+            ]),
+        );
+        assert_eq!(pods.namespace_to_load(&uses_app), None);
+        let sent = pods.send(uses_app);
+        assert_eq!(sent.volume_contents[0].files["mode"], b"slow");
+        assert!(sent.unresolved.is_empty());
+        let unresolved = pods.send(uses_other);
+        assert_eq!(unresolved.unresolved.len(), 2, "env and volume");
+        pods.send(DesiredPod {
+            uid: "u-3".into(),
+            ..plain
+        });
+
+        let change = |revision, mode: &str| Event {
+            event_type: EventType::Put,
+            kv: config_kv("configmaps", "app", revision, config_map("app", mode)),
+            previous: None,
+        };
+        assert!(
+            pods.config_event(ConfigKind::ConfigMap, &change(10, "fast"))
+                .expect("ok")
+                .is_empty(),
+            "already reflected in the list"
+        );
+        let resent = pods
+            .config_event(ConfigKind::ConfigMap, &change(11, "fast"))
+            .expect("ok");
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].uid, "u-1");
+        let spec: Value = serde_json::from_str(&resent[0].spec_json).expect("json");
+        assert_eq!(spec["containers"][0]["env"][0]["value"], "fast");
+        assert!(
+            pods.config_event(ConfigKind::ConfigMap, &change(12, "fast"))
+                .expect("ok")
+                .is_empty(),
+            "nothing the pod is sent changed"
+        );
+        let created = Event {
+            event_type: EventType::Put,
+            kv: config_kv("configmaps", "other", 13, config_map("other", "x")),
+            previous: None,
+        };
+        let resent = pods
+            .config_event(ConfigKind::ConfigMap, &created)
+            .expect("ok");
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].uid, "u-2");
+        assert!(resent[0].unresolved.is_empty());
+
+        pods.forget("u-2");
+        let deleted = Event {
+            event_type: EventType::Delete,
+            kv: config_kv("configmaps", "other", 14, Value::Null),
+            previous: None,
+        };
+        assert!(pods
+            .config_event(ConfigKind::ConfigMap, &deleted)
+            .expect("ok")
+            .is_empty());
+        let elsewhere = Event {
+            event_type: EventType::Put,
+            kv: KeyValue {
+                key: "/registry/core/secrets/kube-system/s".into(),
+                ..config_kv("secrets", "s", 15, json!({}))
+            },
+            previous: None,
+        };
+        assert!(pods
+            .config_event(ConfigKind::Secret, &elsewhere)
+            .expect("ok")
+            .is_empty());
+    }
+
     fn report(status_json: &str) -> proto::PodStatusReport {
         proto::PodStatusReport {
             uid: "u-1".into(),
@@ -454,6 +885,77 @@ mod tests {
         let mut unnamed = report("{}");
         unnamed.name.clear();
         assert!(StatusReport::try_from(unnamed).is_err());
+    }
+
+    fn pod_event() -> proto::PodEvent {
+        proto::PodEvent {
+            pod_uid: "u-1".into(),
+            namespace: "default".into(),
+            pod_name: "web".into(),
+            field_path: "spec.containers{c}".into(),
+            r#type: "Normal".into(),
+            reason: "Started".into(),
+            message: "Started container c".into(),
+            first_timestamp_ms: 1_735_689_600_000,
+            last_timestamp_ms: 1_735_689_660_500,
+            count: 2,
+        }
+    }
+
+    #[test]
+    fn event_reports_are_checked_at_the_edge() {
+        let event = PodEventReport::try_from(pod_event()).expect("valid");
+        assert_eq!(event.first_timestamp, "2025-01-01T00:00:00Z");
+        assert_eq!(event.last_timestamp, "2025-01-01T00:01:00Z");
+        assert!(!event.warning);
+        assert_eq!(event.count, 2);
+
+        let broken = [
+            proto::PodEvent {
+                r#type: "Info".into(),
+                ..pod_event()
+            },
+            proto::PodEvent {
+                count: 0,
+                ..pod_event()
+            },
+            proto::PodEvent {
+                reason: String::new(),
+                ..pod_event()
+            },
+            proto::PodEvent {
+                pod_uid: String::new(),
+                ..pod_event()
+            },
+            proto::PodEvent {
+                last_timestamp_ms: 0,
+                ..pod_event()
+            },
+        ];
+        for event in broken {
+            let error = PodEventReport::try_from(event.clone()).expect_err("invalid");
+            assert!(
+                error.to_string().starts_with("invalid pod event: "),
+                "{error}"
+            );
+        }
+        let long = PodEventReport::try_from(proto::PodEvent {
+            message: "é".repeat(600),
+            ..pod_event()
+        })
+        .expect("valid");
+        assert!(long.message.len() <= 1024);
+
+        assert!(event_is_about_own_pod(Some(&pod(Some("n1"))), &event, "n1"));
+        assert!(!event_is_about_own_pod(
+            Some(&pod(Some("n2"))),
+            &event,
+            "n1"
+        ));
+        assert!(!event_is_about_own_pod(None, &event, "n1"));
+        let mut recreated = pod(Some("n1"));
+        recreated["metadata"]["uid"] = json!("u-9");
+        assert!(!event_is_about_own_pod(Some(&recreated), &event, "n1"));
     }
 
     #[test]

@@ -24,13 +24,23 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::node::{self, ConditionReport, NodeRegistration};
-use super::pods::{self, PodError, ReportCheck, StatusReport};
+use super::pods::{
+    self, NamespaceConfigs, NodePods, PodChange, PodError, PodEventReport, ReportCheck,
+    StatusReport,
+};
+use super::resolve::ConfigKind;
 use super::service::ControlStream;
 use super::{HEARTBEAT_INTERVAL, PROTOCOL_VERSION};
 use crate::api::errors::ApiError;
 use crate::api::objects::{self, now_rfc3339};
 use crate::api::registry::{DeleteOptions, PatchType, Registry, WriteMode};
 use crate::api::resources::{self, ResourceInfo};
+use crate::controllers::events::{
+    EventRecord, EventRecorder, EventType as EventKind, InvolvedObject, ReportedEvent,
+};
+
+/// The component a node's events are recorded under, as kubelet's are.
+const NODE_EVENT_COMPONENT: &str = "kubelet";
 
 /// Optimistic-concurrency retries for one status write. Only the agent and
 /// users write a Node's status, so conflicts are rare and short-lived.
@@ -54,7 +64,13 @@ pub struct Session {
     registry: Arc<Registry>,
     registration: NodeRegistration,
     snapshot: pods::PodSnapshot,
+    /// One watch over the core resources, so pod, ConfigMap and Secret
+    /// events arrive in one revision order and every Delta's revision is
+    /// higher than the one before it.
     watcher: Watcher,
+    /// The pods as sent, and the configuration they were resolved against.
+    node_pods: NodePods,
+    events: EventRecorder,
 }
 
 impl Session {
@@ -73,16 +89,30 @@ impl Session {
             .list(pods, None, &LabelSelector::everything(), &selector)
             .await
             .map_err(internal)?;
-        let snapshot = pods::snapshot(&listed, &registration.name, revision).map_err(internal)?;
+        let mut snapshot =
+            pods::snapshot(&listed, &registration.name, revision).map_err(internal)?;
         let watcher = registry
             .store
-            .watch(&pods.key_prefix(None), revision)
+            .watch(&core_prefix().map_err(internal)?, revision)
             .map_err(internal)?;
+        let mut node_pods = NodePods::default();
+        for pod in &snapshot.pods {
+            if let Some(namespace) = node_pods.namespace_to_load(pod) {
+                let configs = load_configs(&registry, &namespace)
+                    .await
+                    .map_err(internal)?;
+                node_pods.load_namespace(&namespace, configs);
+            }
+            let wire = node_pods.send(pod.clone());
+            snapshot.resolved.insert(pod.uid.clone(), wire);
+        }
         Ok(Session {
+            events: EventRecorder::new(registry.clone(), NODE_EVENT_COMPONENT),
             registry,
             registration,
             snapshot,
             watcher,
+            node_pods,
         })
     }
 
@@ -153,10 +183,10 @@ impl Session {
                             "the control plane's pod watch ended ({error}); reconnect",
                         ))),
                     };
-                    match pods::change_for_event(&event, &self.registration.name) {
+                    match self.delta_for_event(&event).await {
                         Ok(Some(delta)) => {
                             let message = proto::ControlMessage {
-                                message: Some(proto::control_message::Message::Delta(delta.into())),
+                                message: Some(proto::control_message::Message::Delta(delta)),
                             };
                             if sender.send(Ok(message)).await.is_err() {
                                 return Ok(());
@@ -164,7 +194,7 @@ impl Session {
                         }
                         Ok(None) => {}
                         // One unreadable object must not cut the node off.
-                        Err(error) => tracing::warn!(node = %self.registration.name, %error, "skipping a pod event"),
+                        Err(error) => tracing::warn!(node = %self.registration.name, key = %event.kv.key, %error, "skipping a store event"),
                     }
                 }
                 _ = sender.closed() => return Ok(()),
@@ -172,13 +202,113 @@ impl Session {
         }
     }
 
+    /// The Delta (if any) one store event makes for this node: a pod
+    /// change, or the pods a ConfigMap or Secret change must be re-sent.
+    async fn delta_for_event(
+        &mut self,
+        event: &skiff_store::Event,
+    ) -> Result<Option<proto::Delta>, PodError> {
+        let key = event.kv.key.as_str();
+        let config_kind = [ConfigKind::ConfigMap, ConfigKind::Secret]
+            .into_iter()
+            .find(|kind| key.starts_with(&format!("/registry/core/{}/", kind.plural())));
+        if let Some(kind) = config_kind {
+            let upserted = self.node_pods.config_event(kind, event)?;
+            return Ok((!upserted.is_empty()).then(|| proto::Delta {
+                revision: event.revision(),
+                upserted,
+                ..Default::default()
+            }));
+        }
+        if !key.starts_with(&resource("pods")?.key_prefix(None)) {
+            return Ok(None);
+        }
+        let Some(delta) = pods::change_for_event(event, &self.registration.name)? else {
+            return Ok(None);
+        };
+        let (upserted, removed) = match delta.change {
+            PodChange::Upsert(pod) => {
+                if let Some(namespace) = self.node_pods.namespace_to_load(&pod) {
+                    let configs = load_configs(&self.registry, &namespace).await?;
+                    self.node_pods.load_namespace(&namespace, configs);
+                }
+                (vec![self.node_pods.send(pod)], Vec::new())
+            }
+            PodChange::Remove(uid) => {
+                self.node_pods.forget(&uid);
+                (Vec::new(), vec![uid])
+            }
+        };
+        Ok(Some(proto::Delta {
+            revision: delta.revision,
+            upserted,
+            removed,
+            ..Default::default()
+        }))
+    }
+
+    /// Records an event the node observed, if it is about a pod the node
+    /// runs; events are best effort, so failures are logged and dropped.
+    async fn record_event(&self, event: PodEventReport) {
+        let node = &self.registration.name;
+        let pod = match resource("pods") {
+            Ok(info) => self
+                .registry
+                .get(info, Some(&event.namespace), &event.name)
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if !pods::event_is_about_own_pod(pod.as_ref(), &event, node) {
+            tracing::warn!(%node, pod = %format!("{}/{}", event.namespace, event.name), uid = %event.uid, reason = %event.reason, "dropping an event about a pod this node does not run");
+            return;
+        }
+        let reported = ReportedEvent {
+            record: EventRecord {
+                involved: InvolvedObject {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    namespace: event.namespace,
+                    name: event.name,
+                    uid: event.uid,
+                },
+                event_type: if event.warning {
+                    EventKind::Warning
+                } else {
+                    EventKind::Normal
+                },
+                reason: event.reason,
+                message: event.message,
+            },
+            field_path: event.field_path,
+            component: NODE_EVENT_COMPONENT.into(),
+            host: node.clone(),
+            count: event.count,
+            first_timestamp: event.first_timestamp,
+            last_timestamp: event.last_timestamp,
+        };
+        let reason = reported.record.reason.clone();
+        if let Err(error) = self.events.record_reported(reported).await {
+            tracing::warn!(%node, %error, %reason, "cannot record a node's event");
+        }
+    }
+
     async fn handle(&mut self, message: proto::AgentMessage) -> Result<(), Status> {
         use proto::agent_message::Message;
         let node = &self.registration.name;
         match message.message {
-            // Recorded once the agent reports events; until then accepted
-            // and dropped, as an unknown message would be.
-            Some(Message::Events(_)) => Ok(()),
+            Some(Message::Events(report)) => {
+                let events = report
+                    .events
+                    .into_iter()
+                    .map(PodEventReport::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| Status::invalid_argument(error.to_string()))?;
+                for event in events {
+                    self.record_event(event).await;
+                }
+                Ok(())
+            }
             Some(Message::Hello(_)) => Err(Status::invalid_argument(
                 "Hello may only be sent once, as the first message of a Connect stream",
             )),
@@ -217,6 +347,43 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+/// The storage prefix shared by pods, ConfigMaps and Secrets.
+fn core_prefix() -> Result<String, ApiError> {
+    let prefixes = ["pods", "configmaps", "secrets"]
+        .into_iter()
+        .map(|plural| resource(plural).map(|info| info.key_prefix(None)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = prefixes[0].as_str();
+    let common = prefixes.iter().fold(first.len(), |len, prefix| {
+        first
+            .bytes()
+            .zip(prefix.bytes())
+            .take(len)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    Ok(first[..common].to_owned())
+}
+
+/// Reads the ConfigMaps and Secrets of a namespace, for resolving pods.
+async fn load_configs(registry: &Registry, namespace: &str) -> Result<NamespaceConfigs, ApiError> {
+    let everything = LabelSelector::everything();
+    let no_fields = fields::FieldSelector::everything();
+    let mut lists = Vec::new();
+    for kind in [ConfigKind::ConfigMap, ConfigKind::Secret] {
+        let (items, revision) = registry
+            .list(
+                resource(kind.plural())?,
+                Some(namespace),
+                &everything,
+                &no_fields,
+            )
+            .await?;
+        lists.push((kind, revision, items));
+    }
+    Ok(NamespaceConfigs::from_listed(lists))
 }
 
 /// Updates the status of an object with `compute(current object)`, retrying
