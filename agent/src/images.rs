@@ -91,6 +91,7 @@ pub trait ImageImporter: Send + Sync + 'static {
 }
 
 /// Imports with `ctr images import`, into namespace `k8s.io`.
+#[derive(Clone, Debug)]
 pub struct CtrImporter {
     pub ctr: PathBuf,
     pub socket: PathBuf,

@@ -14,7 +14,9 @@
 //!    which the session sends up. Pods keep running between sessions.
 //! 4. The [`endpoint`] serves container logs ([`logs`]) to the control
 //!    plane, and image tarballs dropped into the [`images`] directory are
-//!    imported into containerd.
+//!    imported into containerd. The agent carries its own [`pause`] image
+//!    (written by [`oci`]) and imports it under the runtime's configured
+//!    sandbox image name when the runtime lacks that image.
 //! 5. When a session breaks, another is opened after a delay from
 //!    [`backoff`]; refusals (a certificate the control plane no longer
 //!    accepts) end the agent instead, since retrying cannot fix them.
@@ -27,6 +29,8 @@ pub mod hostinfo;
 pub mod images;
 pub mod join;
 pub mod logs;
+pub mod oci;
+pub mod pause;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -37,10 +37,13 @@ running and reconnects with exponential backoff (1 s doubling to 30 s, with jitt
 certificate not accepted, another node's name).",
     after_help = "EXAMPLE:\n    skiff-agent --server https://10.0.0.1:6443 --token K10...::abc123.0123456789abcdef"
 )]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Options {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The control plane's Kubernetes API URL, e.g. https://10.0.0.1:6443.
-    #[arg(long, env = "SKIFF_SERVER")]
-    server: String,
+    #[arg(long, env = "SKIFF_SERVER", required = true)]
+    server: Option<String>,
     /// Join token from `skiff-controlplane token create`. Needed to join;
     /// ignored once the node has credentials.
     #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
@@ -92,8 +95,26 @@ struct Options {
     relist_interval_ms: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Writes the pause image the agent carries, as an OCI layout tarball
+    /// for `ctr images import` (the agent imports it by itself under
+    /// containerd's configured sandbox image name when that is missing).
+    PauseImage {
+        /// Where to write the tarball.
+        #[arg(long)]
+        output: PathBuf,
+        /// The image name (host/repository:tag) to write it under.
+        #[arg(long, default_value = skiff_agent::pause::DEFAULT_IMAGE_NAME)]
+        name: String,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    if let Some(Command::PauseImage { output, name }) = &options.command {
+        return write_pause_image(output, name);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -106,6 +127,14 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(options))
+}
+
+fn write_pause_image(output: &Path, name: &str) -> anyhow::Result<()> {
+    let image = skiff_agent::pause::image(name).context("--name")?;
+    std::fs::write(output, &image.tarball)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!("{} {} {}", output.display(), image.name, image.digest);
+    Ok(())
 }
 
 fn default_node_name() -> anyhow::Result<String> {
@@ -202,7 +231,8 @@ async fn internal_ip(server: &ServerAddress) -> Option<std::net::IpAddr> {
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
-    let server = ServerAddress::parse(&options.server).context("--server")?;
+    let server =
+        ServerAddress::parse(options.server.as_deref().unwrap_or_default()).context("--server")?;
     let credentials = credentials(&options, &server).await?;
     let resolv_conf = std::fs::read_to_string(&options.resolv_conf).unwrap_or_else(|error| {
         tracing::warn!(%error, path = %options.resolv_conf.display(), "pods get no DNS settings");
@@ -232,12 +262,17 @@ async fn run(options: Options) -> anyhow::Result<()> {
         tracing::warn!(%error, dir = %images_dir.display(), "cannot create the images directory");
     }
     tracing::info!(dir = %images_dir.display(), "importing image tarballs placed here");
-    tokio::spawn(skiff_agent::images::watch(
-        images_dir,
-        skiff_agent::images::CtrImporter {
-            ctr: options.ctr.clone(),
-            socket: options.containerd.clone(),
-        },
+    let importer = skiff_agent::images::CtrImporter {
+        ctr: options.ctr.clone(),
+        socket: options.containerd.clone(),
+    };
+    tokio::spawn(skiff_agent::images::watch(images_dir, importer.clone()));
+    // Before any pod: a missing sandbox image would make the runtime try
+    // to pull it, which fails on a node without a registry.
+    tokio::spawn(skiff_agent::pause::keep_sandbox_image(
+        skiff_agent::pause::CriSandboxImageRuntime::new(&options.containerd),
+        importer,
+        options.data_dir.clone(),
     ));
 
     let mut names = vec![credentials.node_name.clone()];

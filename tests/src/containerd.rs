@@ -73,9 +73,22 @@ pub struct PrivateContainerd {
     cni_bridge: String,
     pod_subnet: Subnet,
     cgroup_parent: String,
+    sandbox_image: String,
     start_time: Duration,
     torn_down: bool,
     ledger: Option<Ledger>,
+}
+
+/// How [`PrivateContainerd::start_with`] sets an instance up; the default is
+/// what [`PrivateContainerd::start`] does.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// The CNI bridge's pod subnet: [`DEFAULT_POD_SUBNET`] inside a node
+    /// namespace, a free /24 in the root namespace if not given.
+    pub pod_subnet: Option<String>,
+    /// containerd's `sandbox_image`; [`PAUSE_IMAGE`] if not given. The
+    /// instance imports no image by itself, whichever the name.
+    pub sandbox_image: Option<String>,
 }
 
 /// The fixed layout of an instance directory.
@@ -146,7 +159,7 @@ impl PrivateContainerd {
     /// pod subnet is [`DEFAULT_POD_SUBNET`] inside a node namespace, and a free
     /// /24 reserved like an underlay's in the root namespace.
     pub fn start(node: Option<&NodeNetns>, root_dir: &Path) -> io::Result<PrivateContainerd> {
-        Self::start_with_pod_subnet(node, root_dir, None)
+        Self::start_with(node, root_dir, &StartOptions::default())
     }
 
     /// [`PrivateContainerd::start`] with an explicit pod subnet for the CNI
@@ -156,6 +169,20 @@ impl PrivateContainerd {
         root_dir: &Path,
         pod_subnet: Option<&str>,
     ) -> io::Result<PrivateContainerd> {
+        let options = StartOptions {
+            pod_subnet: pod_subnet.map(str::to_owned),
+            ..StartOptions::default()
+        };
+        Self::start_with(node, root_dir, &options)
+    }
+
+    /// [`PrivateContainerd::start`] with [`StartOptions`].
+    pub fn start_with(
+        node: Option<&NodeNetns>,
+        root_dir: &Path,
+        options: &StartOptions,
+    ) -> io::Result<PrivateContainerd> {
+        let pod_subnet = options.pod_subnet.as_deref();
         netns::sweep_stale();
         let began = Instant::now();
         // Teardown deletes the directory, so it must be the instance's alone.
@@ -196,6 +223,10 @@ impl PrivateContainerd {
             cni_bridge: format!("skc{suffix}"),
             pod_subnet,
             cgroup_parent: format!("/skiff-e2e-{suffix}"),
+            sandbox_image: options
+                .sandbox_image
+                .clone()
+                .unwrap_or_else(|| PAUSE_IMAGE.to_owned()),
             start_time: Duration::ZERO,
             torn_down: false,
             ledger: Some(ledger),
@@ -321,7 +352,7 @@ required_plugins = ["io.containerd.grpc.v1.cri"]
             socket = toml_str(&paths.socket()),
             ttrpc = toml_str(&paths.ttrpc_socket()),
             opt = toml_str(&paths.opt()),
-            pause = PAUSE_IMAGE,
+            pause = self.sandbox_image,
             runc_root = toml_str(&paths.runc_root()),
             cni_bin = CNI_BIN_DIR,
             cni_conf = toml_str(&paths.cni_conf_dir()),
@@ -403,6 +434,11 @@ required_plugins = ["io.containerd.grpc.v1.cri"]
     /// namespace without one).
     pub fn cni_bridge(&self) -> &str {
         &self.cni_bridge
+    }
+
+    /// The `sandbox_image` in the instance's config.
+    pub fn sandbox_image(&self) -> &str {
+        &self.sandbox_image
     }
 
     pub fn pod_subnet(&self) -> Subnet {

@@ -1,48 +1,38 @@
 //! Container images for the tests, built locally: there is no registry.
 //!
-//! An image is written as an OCI image-layout tarball (`oci-layout`,
-//! `index.json`, `blobs/sha256/...`: one gzip layer, the config and the
-//! manifest, all addressed by their sha256), which `ctr images import` and
-//! Skiff's agent load as is. The index entry carries the
-//! `io.containerd.image.name` annotation (the full name, which containerd
-//! uses) and `org.opencontainers.image.ref.name` (the tag), and the host's
-//! platform.
+//! An image is an OCI image-layout tarball, written by the agent's
+//! [`skiff_agent::oci`] (one gzip layer, the config and the manifest, named
+//! by their sha256; the full name and the tag in the index annotations), so
+//! the tests load exactly what the agent itself writes. `ctr images import`
+//! and Skiff's agent load it as is.
 //!
-//! Output is deterministic: entries are sorted, owned by root, with a fixed
-//! mtime, and gzip carries no timestamp or name, so building the same image
-//! twice gives the same bytes and the same digests (and a cached tarball can
-//! be reused as is).
+//! Output is deterministic (see [`skiff_agent::oci`]), so building the same
+//! image twice gives the same bytes and the same digests, and a cached
+//! tarball can be reused as is.
 //!
 //! Images:
-//! * [`pause_image`]: `skiff.local/pause:3.9`, the sandbox process from
-//!   `packaging/pause/pause.c`, compiled static with gcc once per source
-//!   version into [`cache_dir`].
+//! * [`pause_image`]: `skiff.local/pause:3.9`, the pause image the agent
+//!   carries (`packaging/pause/pause.c`, compiled static by the agent's build
+//!   script).
 //! * [`webapp_image`]: `skiff.local/webapp:<version>`, Debian's static busybox
 //!   running `httpd -f -p 80 -h /www` under a small shell init. See
 //!   [`webapp_image`] for what it answers.
 //! * [`ImageBuilder`] for anything else.
 
-use std::collections::BTreeMap;
 use std::env;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use flate2::{Compression, GzBuilder};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use skiff_agent::oci;
 
 /// The name the pause image is imported under, and the `sandbox_image` of
-/// every private containerd.
-pub const PAUSE_IMAGE: &str = "skiff.local/pause:3.9";
-
-/// The mtime of every file in every layer: 2024-01-01T00:00:00Z. Fixed so that
-/// builds are reproducible; not 0, which some tools show as "missing".
-const FIXED_MTIME: u64 = 1_704_067_200;
+/// every private containerd unless a test asks for another.
+pub const PAUSE_IMAGE: &str = skiff_agent::pause::DEFAULT_IMAGE_NAME;
 
 /// Part of every cache key: bump it when the tarball format changes.
-const FORMAT_VERSION: &str = "skiff-e2e-oci-1";
+const FORMAT_VERSION: &str = "skiff-e2e-oci-2";
 
 /// An image tarball on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,15 +66,6 @@ pub fn cache_dir() -> PathBuf {
     crate::workspace_root().join("target").join("e2e-cache")
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
 /// Writes `data` to `path` through a temporary file and a rename, so that a
 /// parallel reader never sees a partial file.
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -102,156 +83,86 @@ fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+fn io_error(error: oci::OciError) -> io::Error {
+    match error {
+        oci::OciError::InvalidName(_) => io::Error::new(io::ErrorKind::InvalidInput, error),
+        oci::OciError::Write { .. } => io::Error::other(error),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The generic builder
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, data: Vec<u8> },
-    Symlink { target: String },
-}
-
-/// A single-layer image assembled from in-memory files.
+/// A single-layer image assembled from in-memory files: the agent's
+/// [`oci::ImageBuilder`], written to disk through a cache.
 #[derive(Clone, Debug)]
 pub struct ImageBuilder {
-    name: String,
-    entries: BTreeMap<String, Node>,
-    entrypoint: Vec<String>,
-    cmd: Vec<String>,
-    env: Vec<String>,
-    ports: Vec<u16>,
-    working_dir: String,
+    image: oci::ImageBuilder,
+}
+
+impl From<oci::ImageBuilder> for ImageBuilder {
+    fn from(image: oci::ImageBuilder) -> ImageBuilder {
+        ImageBuilder { image }
+    }
 }
 
 impl ImageBuilder {
     /// `name` is the full reference, `host/repo:tag`.
     pub fn new(name: &str) -> ImageBuilder {
-        ImageBuilder {
-            name: name.to_owned(),
-            entries: BTreeMap::new(),
-            entrypoint: Vec::new(),
-            cmd: Vec::new(),
-            env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
-            ports: Vec::new(),
-            working_dir: "/".into(),
-        }
+        oci::ImageBuilder::new(name).into()
     }
 
-    fn key(path: &str) -> String {
-        path.trim_matches('/').to_owned()
+    pub fn dir(self, path: &str, mode: u32) -> Self {
+        self.image.dir(path, mode).into()
     }
 
-    /// Adds the missing parent directories of `path` (mode 0755).
-    fn parents(&mut self, path: &str) {
-        let mut p = path;
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            self.entries
-                .entry(parent.to_owned())
-                .or_insert(Node::Dir { mode: 0o755 });
-            p = parent;
-        }
+    pub fn file(self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Self {
+        self.image.file(path, mode, data).into()
     }
 
-    pub fn dir(mut self, path: &str, mode: u32) -> Self {
-        let k = Self::key(path);
-        self.parents(&k);
-        self.entries.insert(k, Node::Dir { mode });
-        self
+    pub fn symlink(self, path: &str, target: &str) -> Self {
+        self.image.symlink(path, target).into()
     }
 
-    pub fn file(mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Self {
-        let k = Self::key(path);
-        self.parents(&k);
-        self.entries.insert(
-            k,
-            Node::File {
-                mode,
-                data: data.into(),
-            },
-        );
-        self
+    pub fn entrypoint(self, argv: &[&str]) -> Self {
+        self.image.entrypoint(argv).into()
     }
 
-    pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        let k = Self::key(path);
-        self.parents(&k);
-        self.entries.insert(
-            k,
-            Node::Symlink {
-                target: target.to_owned(),
-            },
-        );
-        self
-    }
-
-    pub fn entrypoint(mut self, argv: &[&str]) -> Self {
-        self.entrypoint = argv.iter().map(|s| s.to_string()).collect();
-        self
-    }
-
-    pub fn cmd(mut self, argv: &[&str]) -> Self {
-        self.cmd = argv.iter().map(|s| s.to_string()).collect();
-        self
+    pub fn cmd(self, argv: &[&str]) -> Self {
+        self.image.cmd(argv).into()
     }
 
     /// Replaces the environment (default: only a `PATH`).
-    pub fn env(mut self, vars: &[&str]) -> Self {
-        self.env = vars.iter().map(|s| s.to_string()).collect();
-        self
+    pub fn env(self, vars: &[&str]) -> Self {
+        self.image.env(vars).into()
     }
 
-    pub fn expose(mut self, port: u16) -> Self {
-        self.ports.push(port);
-        self
+    pub fn expose(self, port: u16) -> Self {
+        self.image.expose(port).into()
     }
 
-    /// The uncompressed layer tar: sorted paths (a directory sorts before
-    /// its contents), root-owned, fixed mtime.
-    fn layer_tar(&self) -> io::Result<Vec<u8>> {
-        let mut tar = tar::Builder::new(Vec::new());
-        for (path, node) in &self.entries {
-            let mut h = tar::Header::new_ustar();
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(FIXED_MTIME);
-            match node {
-                Node::Dir { mode } => {
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(*mode);
-                    h.set_size(0);
-                    tar.append_data(&mut h, format!("{path}/"), io::empty())?;
-                }
-                Node::File { mode, data } => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(*mode);
-                    h.set_size(data.len() as u64);
-                    tar.append_data(&mut h, path, data.as_slice())?;
-                }
-                Node::Symlink { target } => {
-                    h.set_entry_type(tar::EntryType::Symlink);
-                    h.set_mode(0o777);
-                    h.set_size(0);
-                    tar.append_link(&mut h, path, target)?;
-                }
-            }
-        }
-        tar.into_inner()
+    /// `<repo>-<tag>.tar`, the tarball's file name.
+    fn file_name(&self) -> io::Result<String> {
+        let (repo, tag) = oci::split_name(self.image.name()).map_err(io_error)?;
+        Ok(format!(
+            "{}-{tag}.tar",
+            repo.rsplit('/').next().unwrap_or(repo)
+        ))
     }
 
     /// Writes the image tarball into `out_dir` (as `<repo>-<tag>.tar`) and
     /// returns it. A tarball built before from the same content is copied from
     /// [`cache_dir`] instead (compressing the layer is the slow part).
     pub fn write(&self, out_dir: &Path) -> io::Result<ImageTarball> {
-        let (repo, tag) = split_name(&self.name)?;
-        let file = format!("{}-{tag}.tar", repo.rsplit('/').next().unwrap_or(repo));
-        let layer = self.layer_tar()?;
+        let file = self.file_name()?;
+        let name = self.image.name().to_owned();
+        let layer = self.image.layer_tar().map_err(io_error)?;
         let mut key = Sha256::new();
         key.update(FORMAT_VERSION.as_bytes());
-        key.update(self.name.as_bytes());
+        key.update(name.as_bytes());
         key.update([0]);
-        key.update(self.config_json(&layer)?);
+        key.update(self.image.config_json(&layer));
         key.update(&layer);
         let key: String = key
             .finalize()
@@ -267,7 +178,7 @@ impl ImageBuilder {
                 fs::rename(&tmp, &path)?;
                 return Ok(ImageTarball {
                     path,
-                    name: self.name.clone(),
+                    name,
                     digest: digest.trim().to_owned(),
                 });
             }
@@ -282,221 +193,31 @@ impl ImageBuilder {
         Ok(image)
     }
 
-    /// The image config for a layer with this uncompressed content.
-    fn config_json(&self, layer: &[u8]) -> io::Result<Vec<u8>> {
-        let (arch, os) = platform();
-        let diff_id = format!("sha256:{}", sha256_hex(layer));
-        let mut config = json!({
-            "architecture": arch,
-            "os": os,
-            "config": {
-                "Env": self.env,
-                "WorkingDir": self.working_dir,
-            },
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created_by": "skiff-e2e image builder"}],
-        });
-        if !self.entrypoint.is_empty() {
-            config["config"]["Entrypoint"] = json!(self.entrypoint);
-        }
-        if !self.cmd.is_empty() {
-            config["config"]["Cmd"] = json!(self.cmd);
-        }
-        if !self.ports.is_empty() {
-            let ports: serde_json::Map<String, Value> = self
-                .ports
-                .iter()
-                .map(|p| (format!("{p}/tcp"), json!({})))
-                .collect();
-            config["config"]["ExposedPorts"] = Value::Object(ports);
-        }
-        serde_json::to_vec(&config).map_err(io::Error::other)
-    }
-
     /// [`ImageBuilder::write`] without the cache: always builds.
     pub fn write_uncached(&self, out_dir: &Path) -> io::Result<ImageTarball> {
-        let (repo, tag) = split_name(&self.name)?;
-        let (arch, os) = platform();
-
-        let layer = self.layer_tar()?;
-        let mut gz = GzBuilder::new()
-            .mtime(0)
-            .write(Vec::new(), Compression::default());
-        gz.write_all(&layer)?;
-        let layer_gz = gz.finish()?;
-
-        let config = self.config_json(&layer)?;
-
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": format!("sha256:{}", sha256_hex(&config)),
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": format!("sha256:{}", sha256_hex(&layer_gz)),
-                "size": layer_gz.len(),
-            }],
-        });
-        let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
-        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest.len(),
-                "platform": {"architecture": arch, "os": os},
-                "annotations": {
-                    "io.containerd.image.name": self.name,
-                    "org.opencontainers.image.ref.name": tag,
-                },
-            }],
-        });
-        let index = serde_json::to_vec(&index).map_err(io::Error::other)?;
-
-        let mut blobs: BTreeMap<String, &[u8]> = BTreeMap::new();
-        for blob in [&layer_gz[..], &config[..], &manifest[..]] {
-            blobs.insert(sha256_hex(blob), blob);
-        }
-        let mut out = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, data: &[u8], dir: bool| -> io::Result<()> {
-            let mut h = tar::Header::new_ustar();
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(FIXED_MTIME);
-            h.set_size(data.len() as u64);
-            if dir {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-            } else {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o644);
-            }
-            out.append_data(&mut h, path, data)
-        };
-        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, false)?;
-        add("index.json", &index, false)?;
-        add("blobs/", &[], true)?;
-        add("blobs/sha256/", &[], true)?;
-        for (hex, data) in &blobs {
-            add(&format!("blobs/sha256/{hex}"), data, false)?;
-        }
-        let tarball = out.into_inner()?;
-
-        let file = format!("{}-{tag}.tar", repo.rsplit('/').next().unwrap_or(repo));
-        let path = out_dir.join(file);
-        write_atomic(&path, &tarball)?;
+        let path = out_dir.join(self.file_name()?);
+        let image = self.image.build().map_err(io_error)?;
+        write_atomic(&path, &image.tarball)?;
         Ok(ImageTarball {
             path,
-            name: self.name.clone(),
-            digest: manifest_digest,
+            name: image.name,
+            digest: image.digest,
         })
     }
-}
-
-/// Splits `host/repo:tag` into (`host/repo`, `tag`), checking that both are
-/// plain enough for a file name and a reference.
-fn split_name(name: &str) -> io::Result<(&str, &str)> {
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("not an image name with a tag: {name:?}"),
-        )
-    };
-    let (repo, tag) = name.rsplit_once(':').ok_or_else(bad)?;
-    let tag_ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        && !tag.starts_with(['.', '-']);
-    let repo_ok = !repo.is_empty()
-        && repo
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-    if tag_ok && repo_ok {
-        Ok((repo, tag))
-    } else {
-        Err(bad())
-    }
-}
-
-/// The OCI (architecture, os) of the machine, whose binaries go into images.
-fn platform() -> (&'static str, &'static str) {
-    let arch = match env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    (arch, "linux")
 }
 
 // ---------------------------------------------------------------------------
 // The pause image
 // ---------------------------------------------------------------------------
 
-/// `packaging/pause/pause.c` of this workspace.
-pub fn pause_source() -> PathBuf {
-    crate::workspace_root()
-        .join("packaging")
-        .join("pause")
-        .join("pause.c")
-}
-
-const PAUSE_CFLAGS: &[&str] = &["-static", "-Os", "-s", "-Wall"];
-
-/// The static pause binary, compiled with gcc on first use and cached in
-/// [`cache_dir`] under a hash of the source and flags.
-pub fn pause_binary() -> io::Result<PathBuf> {
-    let src_path = pause_source();
-    let src = fs::read(&src_path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot read {}: {e}", src_path.display()))
-    })?;
-    let mut key = src.clone();
-    key.extend_from_slice(PAUSE_CFLAGS.join(" ").as_bytes());
-    let dir = cache_dir().join("pause").join(&sha256_hex(&key)[..16]);
-    let bin = dir.join("pause");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!(
-        "pause.{}.{}",
-        std::process::id(),
-        crate::netns::unique_suffix()
-    ));
-    crate::netns::run(
-        Command::new("gcc")
-            .args(PAUSE_CFLAGS)
-            .arg("-o")
-            .arg(&tmp)
-            .arg(&src_path),
-    )
-    .map_err(|e| io::Error::new(e.kind(), format!("{e} (is libc6-dev installed?)")))?;
-    fs::rename(&tmp, &bin)?;
-    Ok(bin)
-}
-
-/// Builds [`PAUSE_IMAGE`] into `out_dir`: `/pause` alone, as the entrypoint.
+/// Builds [`PAUSE_IMAGE`] into `out_dir`: the agent's pause image.
 pub fn pause_image(out_dir: &Path) -> io::Result<ImageTarball> {
     pause_builder()?.write(out_dir)
 }
 
 /// The builder behind [`pause_image`].
 pub fn pause_builder() -> io::Result<ImageBuilder> {
-    let bin = fs::read(pause_binary()?)?;
-    Ok(ImageBuilder::new(PAUSE_IMAGE)
-        .file("pause", 0o755, bin)
-        .entrypoint(&["/pause"])
-        .env(&[]))
+    Ok(skiff_agent::pause::image_builder(PAUSE_IMAGE).into())
 }
 
 // ---------------------------------------------------------------------------
@@ -702,7 +423,7 @@ pub fn webapp_image(out_dir: &Path, version: &str) -> io::Result<ImageTarball> {
 /// The builder behind [`webapp_image`].
 pub fn webapp_builder(version: &str) -> io::Result<ImageBuilder> {
     let name = webapp_image_name(version);
-    split_name(&name)?;
+    oci::split_name(&name).map_err(io_error)?;
     let busybox = fs::read(static_busybox()?)?;
     let mut b = ImageBuilder::new(&name)
         .file("bin/busybox", 0o755, busybox)
