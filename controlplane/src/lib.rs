@@ -9,4 +9,3 @@ pub mod nodeapi;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
-pub mod subnets;
