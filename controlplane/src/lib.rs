@@ -9,3 +9,4 @@ pub mod nodeapi;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
+pub mod subnets;

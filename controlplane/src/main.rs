@@ -16,8 +16,10 @@ use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::deployment::DeploymentController;
 use skiff_controlplane::controllers::gc::GarbageCollector;
 use skiff_controlplane::controllers::replication::ReplicationManager;
+use skiff_controlplane::nodeapi::network::{ClusterNetworkSettings, NodeNetwork};
 use skiff_controlplane::nodeapi::{self, token::TokenStore};
 use skiff_controlplane::scheduler::Scheduler;
+use skiff_controlplane::subnets::{self, SubnetAllocator};
 use skiff_controlplane::{bootstrap, pki, server};
 use skiff_store::{KvStore, RedbStore, RedbStoreOptions};
 
@@ -66,6 +68,23 @@ struct Options {
     /// Port range that NodePorts are allocated from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// The pod network: each node is leased one subnet of it. It must not
+    /// overlap the service range.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's pod subnet; longer than the cluster
+    /// CIDR's prefix.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// VXLAN network identifier of the overlay between nodes.
+    #[arg(long, default_value_t = 1)]
+    vxlan_vni: u32,
+    /// UDP port of the overlay's VXLAN packets.
+    #[arg(long, default_value_t = 8472)]
+    vxlan_port: u16,
+    /// DNS domain of the cluster.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +142,7 @@ fn create_token(data_dir: &Path) -> anyhow::Result<()> {
 
 async fn run(options: Options) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone().context("--data-dir is required")?;
+    let network_settings = network_settings(&options)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let cidr =
@@ -173,6 +193,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .await
         .context("cannot create the default namespaces and the kubernetes Service")?;
 
+    let (network, nodes_revision) = NodeNetwork::load(&registry, network_settings)
+        .await
+        .context("cannot load the pod subnet leases from the stored Nodes")?;
+    tokio::spawn(
+        network
+            .clone()
+            .follow_nodes(registry.clone(), nodes_revision),
+    );
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
     tokio::spawn(Scheduler::new(registry.clone()).run());
     tokio::spawn(ReplicationManager::new(registry.clone()).run());
@@ -207,12 +235,49 @@ async fn run(options: Options) -> anyhow::Result<()> {
 
     tokio::select! {
         result = server::serve_listener(listener, tls, registry.clone(), facts) => result.context("API server failed"),
-        result = nodeapi::serve(node_api_listener, &pki, registry, data_dir) => result.context("node API server failed"),
+        result = nodeapi::serve(node_api_listener, &pki, registry, data_dir, network) => result.context("node API server failed"),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }
     }
+}
+
+/// The pod network flags, checked against each other and the service
+/// range before anything starts.
+fn network_settings(options: &Options) -> anyhow::Result<ClusterNetworkSettings> {
+    let cluster_cidr = subnets::parse_cidr("--cluster-cidr", &options.cluster_cidr)?;
+    let service_cidr = subnets::parse_cidr(
+        "--service-cluster-ip-range",
+        &options.service_cluster_ip_range,
+    )?;
+    SubnetAllocator::new(cluster_cidr, options.node_cidr_mask_size)?;
+    subnets::validate_against_services(cluster_cidr, service_cidr)?;
+    if options.vxlan_vni == 0 || options.vxlan_vni >= 1 << 24 {
+        anyhow::bail!(
+            "--vxlan-vni {} is out of range: a VXLAN network identifier is 1 to 16777215",
+            options.vxlan_vni
+        );
+    }
+    if options.vxlan_port == 0 {
+        anyhow::bail!("--vxlan-port must be a UDP port, 1 to 65535");
+    }
+    if options.cluster_domain.is_empty()
+        || !skiff_apimachinery::names::is_dns1123_subdomain(&options.cluster_domain).is_empty()
+    {
+        anyhow::bail!(
+            "--cluster-domain {:?} must be a DNS name such as cluster.local",
+            options.cluster_domain
+        );
+    }
+    Ok(ClusterNetworkSettings {
+        cluster_cidr,
+        service_cidr,
+        node_cidr_mask_size: options.node_cidr_mask_size,
+        vxlan_vni: options.vxlan_vni,
+        vxlan_port: options.vxlan_port,
+        cluster_domain: options.cluster_domain.clone(),
+    })
 }
 
 async fn shutdown_signal() {

@@ -13,7 +13,9 @@
 //!    same node. The Node object is created or updated through the registry
 //!    ([`node`]), then the agent gets `Welcome`, a `Snapshot` of the pods
 //!    bound to it and a `Delta` per relevant pod change ([`pods`]), while it
-//!    sends heartbeats and pod status up.
+//!    sends heartbeats and pod status up. The node's pod subnet and overlay
+//!    endpoint ([`network`]) are recorded at registration, and the other
+//!    nodes' overlay endpoints ([`peers`]) are sent with the pods.
 //!
 //! Ordering rules:
 //! - Nothing is written before the identity and the whole `Hello` are
@@ -27,7 +29,9 @@
 //!   the same validation and optimistic concurrency as API writes.
 
 pub mod identity;
+pub mod network;
 pub mod node;
+pub mod peers;
 pub mod pods;
 pub mod resolve;
 mod service;
@@ -74,6 +78,7 @@ pub async fn serve(
     pki: &ServerPki,
     registry: Arc<Registry>,
     data_dir: PathBuf,
+    network: Arc<network::NodeNetwork>,
 ) -> Result<(), NodeApiError> {
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
@@ -83,7 +88,7 @@ pub async fn serve(
         .client_ca_root(Certificate::from_pem(&pki.ca_pem))
         .client_auth_optional(true)
         .timeout(TLS_HANDSHAKE_TIMEOUT);
-    let service = NodeService::new(registry, data_dir, pki.ca_pem.clone());
+    let service = NodeService::new(registry, data_dir, pki.ca_pem.clone(), network);
     Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

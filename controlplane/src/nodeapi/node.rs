@@ -7,12 +7,20 @@
 //! users survive a re-registration), [`heartbeat_status`] for each
 //! heartbeat. The service writes the results through the registry.
 //!
+//! The node's end of the overlay (its underlay address and VTEP MAC) is
+//! stored as flannel stores it, in annotations ([`overlay_annotation_patch`]),
+//! so tools that read flannel's annotations read ours; its pod subnet is
+//! `spec.podCIDR`/`spec.podCIDRs` ([`pod_cidr_patch`]). Both are written as
+//! merge patches that touch nothing else.
+//!
 //! Conditions follow kubelet's rules: every report renews
 //! `lastHeartbeatTime`; `lastTransitionTime` moves only when the status
 //! changes; conditions nobody reported are left as they were.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde_json::{json, Map, Value};
 use skiff_apimachinery::names;
 use skiff_proto::node::v1 as proto;
@@ -20,6 +28,13 @@ use skiff_proto::node::v1 as proto;
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const OS_LABEL: &str = "kubernetes.io/os";
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+
+/// flannel's annotations for a node's overlay endpoint; the contract with
+/// anything that reads a flannel cluster's Nodes.
+pub const PUBLIC_IP_ANNOTATION: &str = "flannel.alpha.coreos.com/public-ip";
+pub const BACKEND_TYPE_ANNOTATION: &str = "flannel.alpha.coreos.com/backend-type";
+pub const BACKEND_DATA_ANNOTATION: &str = "flannel.alpha.coreos.com/backend-data";
+pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
 
 const ADDRESS_TYPES: &[&str] = &[
     "InternalIP",
@@ -53,6 +68,8 @@ pub enum NodeInfoError {
     TooLong { field: &'static str },
     #[error("invalid condition {kind:?} with status {status:?}: the type must be non-empty and the status True, False or Unknown")]
     Condition { kind: String, status: String },
+    #[error("invalid overlay endpoint: public_ip {public_ip:?} must be an IPv4 address and vtep_mac {vtep_mac:?} a MAC address such as aa:bb:cc:dd:ee:ff (both set, or both empty)")]
+    Overlay { public_ip: String, vtep_mac: String },
 }
 
 /// A node name must be a DNS-1123 subdomain, as Kubernetes requires of Node
@@ -86,6 +103,163 @@ pub struct NodeRegistration {
     pub machine_id: String,
     pub boot_id: String,
     pub system_uuid: String,
+    /// Set once the agent has created its VXLAN device.
+    pub overlay: Option<OverlayEndpoint>,
+}
+
+/// A node's end of the overlay: where other nodes send its VXLAN packets,
+/// and its VXLAN device's MAC address (lower-case, colon-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayEndpoint {
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: String,
+}
+
+/// A MAC address in canonical form (lower-case, colon-separated), or `None`.
+fn canonical_mac(text: &str) -> Option<String> {
+    let octets: Vec<&str> = text.split(':').collect();
+    (octets.len() == 6
+        && octets
+            .iter()
+            .all(|octet| octet.len() == 2 && octet.chars().all(|c| c.is_ascii_hexdigit())))
+    .then(|| text.to_ascii_lowercase())
+}
+
+impl OverlayEndpoint {
+    /// Reads an endpoint from the wire: `None` when both fields are empty
+    /// (the agent has no device yet).
+    pub fn from_proto(
+        endpoint: Option<proto::OverlayEndpoint>,
+    ) -> Result<Option<OverlayEndpoint>, NodeInfoError> {
+        let Some(endpoint) = endpoint else {
+            return Ok(None);
+        };
+        if endpoint.public_ip.is_empty() && endpoint.vtep_mac.is_empty() {
+            return Ok(None);
+        }
+        let public_ip = endpoint.public_ip.parse::<Ipv4Addr>().ok();
+        let vtep_mac = canonical_mac(&endpoint.vtep_mac);
+        match (public_ip, vtep_mac) {
+            (Some(public_ip), Some(vtep_mac)) => Ok(Some(OverlayEndpoint {
+                public_ip,
+                vtep_mac,
+            })),
+            _ => Err(NodeInfoError::Overlay {
+                public_ip: endpoint.public_ip,
+                vtep_mac: endpoint.vtep_mac,
+            }),
+        }
+    }
+
+    /// Reads the endpoint back from a stored Node's annotations; `None`
+    /// when they are missing or unreadable.
+    pub fn of_node(node: &Value) -> Option<OverlayEndpoint> {
+        let annotations = node.pointer("/metadata/annotations")?;
+        let public_ip = annotations
+            .get(PUBLIC_IP_ANNOTATION)?
+            .as_str()?
+            .parse()
+            .ok()?;
+        let data: Value =
+            serde_json::from_str(annotations.get(BACKEND_DATA_ANNOTATION)?.as_str()?).ok()?;
+        let vtep_mac = canonical_mac(data.get("VtepMAC")?.as_str()?)?;
+        Some(OverlayEndpoint {
+            public_ip,
+            vtep_mac,
+        })
+    }
+}
+
+/// A merge patch that records `endpoint` in flannel's annotations, or
+/// `None` when the Node already says exactly that.
+pub fn overlay_annotation_patch(
+    existing: &Value,
+    endpoint: &OverlayEndpoint,
+    vni: u32,
+) -> Option<Value> {
+    // flannel writes backend-data as compact JSON with VNI first.
+    let backend_data = format!("{{\"VNI\":{vni},\"VtepMAC\":\"{}\"}}", endpoint.vtep_mac);
+    let wanted = [
+        (PUBLIC_IP_ANNOTATION, endpoint.public_ip.to_string()),
+        (BACKEND_TYPE_ANNOTATION, "vxlan".to_owned()),
+        (BACKEND_DATA_ANNOTATION, backend_data),
+    ];
+    let current = existing.pointer("/metadata/annotations");
+    let changed: Map<String, Value> = wanted
+        .into_iter()
+        .filter(|(key, value)| {
+            current
+                .and_then(|annotations| annotations.get(*key))
+                .and_then(Value::as_str)
+                != Some(value.as_str())
+        })
+        .map(|(key, value)| (key.to_owned(), Value::String(value)))
+        .collect();
+    (!changed.is_empty()).then(|| json!({"metadata": {"annotations": changed}}))
+}
+
+/// The pod subnet a stored Node records, if it records a readable one.
+pub fn pod_cidr_of(node: &Value) -> Option<Ipv4Net> {
+    node.pointer("/spec/podCIDR")
+        .and_then(Value::as_str)
+        .and_then(|text| text.parse::<Ipv4Net>().ok())
+}
+
+/// A merge patch that sets the Node's pod subnet, or `None` when it is
+/// already set to it.
+pub fn pod_cidr_patch(existing: &Value, subnet: Ipv4Net) -> Option<Value> {
+    let text = subnet.to_string();
+    let current = existing.pointer("/spec/podCIDR").and_then(Value::as_str);
+    let current_list = existing.pointer("/spec/podCIDRs");
+    (current != Some(text.as_str()) || current_list != Some(&json!([text])))
+        .then(|| json!({"spec": {"podCIDR": text, "podCIDRs": [text]}}))
+}
+
+/// `NetworkUnavailable=False` once the node has a subnet and an overlay
+/// endpoint, worded as flannel words it.
+pub fn network_ready_condition() -> ConditionReport {
+    ConditionReport {
+        kind: NETWORK_UNAVAILABLE.into(),
+        status: "False".into(),
+        reason: "SkiffVxlanReady".into(),
+        message: "skiff-agent's VXLAN overlay is running on this node".into(),
+    }
+}
+
+/// `NetworkUnavailable=True` for a node that could not get a subnet.
+pub fn no_subnet_condition(cluster: Ipv4Net, mask: u8) -> ConditionReport {
+    ConditionReport {
+        kind: NETWORK_UNAVAILABLE.into(),
+        status: "True".into(),
+        reason: "NoSubnetAvailable".into(),
+        message: format!(
+            "no /{mask} pod subnet is free in the cluster CIDR {cluster}; delete unused Nodes or restart the control plane with a larger --cluster-cidr or --node-cidr-mask-size"
+        ),
+    }
+}
+
+/// The Node status with `reports` merged into its conditions (nothing
+/// else renewed), or `None` when every reported condition already has
+/// that status, reason and message.
+pub fn condition_status(previous: &Value, reports: &[ConditionReport], now: &str) -> Option<Value> {
+    let conditions = conditions_of(Some(previous));
+    let unchanged = reports.iter().all(|report| {
+        conditions.iter().any(|condition| {
+            condition.get("type").and_then(Value::as_str) == Some(report.kind.as_str())
+                && condition.get("status").and_then(Value::as_str) == Some(report.status.as_str())
+                && condition.get("reason").and_then(Value::as_str) == Some(report.reason.as_str())
+                && condition.get("message").and_then(Value::as_str) == Some(report.message.as_str())
+        })
+    });
+    if unchanged {
+        return None;
+    }
+    let mut status = previous.clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    status["conditions"] = Value::Array(merge_conditions(&conditions, reports, now));
+    Some(status)
 }
 
 /// Whether `text` is a Kubernetes quantity: a decimal number with an
@@ -187,6 +361,7 @@ impl TryFrom<proto::NodeInfo> for NodeRegistration {
             machine_id: text("machine_id", info.machine_id)?,
             boot_id: text("boot_id", info.boot_id)?,
             system_uuid: text("system_uuid", info.system_uuid)?,
+            overlay: OverlayEndpoint::from_proto(info.overlay)?,
         })
     }
 }

@@ -11,6 +11,7 @@ use skiff_proto::node::v1 as proto;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::identity::{self, IdentityError};
+use super::network::NodeNetwork;
 use super::node::{self, NodeInfoError, NodeRegistration};
 use super::session::Session;
 use super::token::{JoinToken, TokenError, TokenStore};
@@ -22,6 +23,7 @@ pub struct NodeService {
     tokens: TokenStore,
     data_dir: PathBuf,
     ca_pem: String,
+    network: Arc<NodeNetwork>,
 }
 
 impl NodeService {
@@ -29,12 +31,14 @@ impl NodeService {
         registry: Arc<crate::api::registry::Registry>,
         data_dir: PathBuf,
         ca_pem: String,
+        network: Arc<NodeNetwork>,
     ) -> NodeService {
         NodeService {
             registry,
             tokens: TokenStore::new(&data_dir),
             data_dir,
             ca_pem,
+            network,
         }
     }
 }
@@ -185,7 +189,8 @@ impl proto::node_service_server::NodeService for NodeService {
             )));
         }
         tracing::info!(?remote, node = %node_name, agent = %registration.agent_version, protocol = hello.protocol_version, "node connected");
-        let session = Session::open(self.registry.clone(), registration).await?;
+        let session =
+            Session::open(self.registry.clone(), registration, self.network.clone()).await?;
         Ok(Response::new(session.run(inbound)))
     }
 }

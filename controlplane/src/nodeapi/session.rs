@@ -23,7 +23,9 @@ use skiff_store::{KeyValue, StoreError, Watcher};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::node::{self, ConditionReport, NodeRegistration};
+use super::network::NodeNetwork;
+use super::node::{self, ConditionReport, NodeRegistration, OverlayEndpoint};
+use super::peers::{Peer, PeerFeed};
 use super::pods::{
     self, NamespaceConfigs, NodePods, PodChange, PodError, PodEventReport, ReportCheck,
     StatusReport,
@@ -71,14 +73,75 @@ pub struct Session {
     /// The pods as sent, and the configuration they were resolved against.
     node_pods: NodePods,
     events: EventRecorder,
+    network: NodeSession,
+}
+
+/// The pod-network part of a session: the node's subnet as its Welcome
+/// said, and its peer table.
+struct NodeSession {
+    settings: Arc<NodeNetwork>,
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    peers: Vec<Peer>,
+    feed: PeerFeed,
+}
+
+impl NodeSession {
+    async fn open(
+        network: Arc<NodeNetwork>,
+        registry: &Registry,
+        registration: &NodeRegistration,
+    ) -> Result<NodeSession, Status> {
+        let pod_cidr = network
+            .register(registry, registration)
+            .await
+            .map_err(internal)?;
+        let (feed, peers) = PeerFeed::open(registry, &registration.name)
+            .await
+            .map_err(internal)?;
+        Ok(NodeSession {
+            settings: network,
+            pod_cidr,
+            peers,
+            feed,
+        })
+    }
+
+    /// Records a heartbeat's overlay endpoint. A subnet that changed under
+    /// the node (its Node was deleted and its lease given away) ends the
+    /// session, so the agent reconnects and is told the new one.
+    async fn heartbeat(
+        &self,
+        registry: &Registry,
+        node: &str,
+        overlay: Option<&OverlayEndpoint>,
+    ) -> Result<(), Status> {
+        match self.settings.heartbeat(registry, node, overlay).await {
+            Ok(subnet) if subnet != self.pod_cidr => Err(Status::unavailable(format!(
+                "this node's pod subnet changed from {} to {}; reconnect",
+                self.pod_cidr
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                subnet
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            ))),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%node, %error, "cannot record the node's network state");
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Session {
     pub async fn open(
         registry: Arc<Registry>,
         registration: NodeRegistration,
+        network: Arc<NodeNetwork>,
     ) -> Result<Session, Status> {
         register(&registry, &registration).await.map_err(internal)?;
+        let network = NodeSession::open(network, &registry, &registration).await?;
         let pods = resource("pods").map_err(internal)?;
         let selector = fields::FieldSelector::parse(&format!(
             "spec.nodeName={}",
@@ -113,6 +176,7 @@ impl Session {
             snapshot,
             watcher,
             node_pods,
+            network,
         })
     }
 
@@ -122,16 +186,20 @@ impl Session {
         let welcome = proto::ControlMessage {
             message: Some(proto::control_message::Message::Welcome(proto::Welcome {
                 protocol_version: PROTOCOL_VERSION,
-                pod_cidr: String::new(),
+                pod_cidr: self
+                    .network
+                    .pod_cidr
+                    .map(|subnet| subnet.to_string())
+                    .unwrap_or_default(),
                 heartbeat_interval_seconds: HEARTBEAT_INTERVAL.as_secs() as u32,
-                network: None,
+                network: Some(self.network.settings.settings().to_proto()),
             })),
         };
         tracing::info!(node = %self.registration.name, pods = self.snapshot.pods.len(), revision = self.snapshot.revision, "sending the node its snapshot");
+        let mut snapshot: proto::Snapshot = self.snapshot.clone().into();
+        snapshot.peers = self.network.peers.iter().cloned().map(Into::into).collect();
         let snapshot = proto::ControlMessage {
-            message: Some(proto::control_message::Message::Snapshot(
-                self.snapshot.clone().into(),
-            )),
+            message: Some(proto::control_message::Message::Snapshot(snapshot)),
         };
         // The queue is empty and larger than two, so these cannot fail.
         let _ = sender.try_send(Ok(welcome));
@@ -195,6 +263,14 @@ impl Session {
                         Ok(None) => {}
                         // One unreadable object must not cut the node off.
                         Err(error) => tracing::warn!(node = %self.registration.name, key = %event.kv.key, %error, "skipping a store event"),
+                    }
+                }
+                delta = self.network.feed.next_delta() => {
+                    let message = proto::ControlMessage {
+                        message: Some(proto::control_message::Message::Delta(delta?)),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return Ok(());
                     }
                 }
                 _ = sender.closed() => return Ok(()),
@@ -313,6 +389,10 @@ impl Session {
                 "Hello may only be sent once, as the first message of a Connect stream",
             )),
             Some(Message::Heartbeat(heartbeat)) => {
+                let overlay =
+                    OverlayEndpoint::from_proto(heartbeat.overlay.clone()).map_err(|error| {
+                        Status::invalid_argument(format!("invalid Heartbeat: {error}"))
+                    })?;
                 let reports = heartbeat
                     .conditions
                     .into_iter()
@@ -326,7 +406,9 @@ impl Session {
                 {
                     tracing::warn!(%node, %error, "cannot record a heartbeat");
                 }
-                Ok(())
+                self.network
+                    .heartbeat(&self.registry, node, overlay.as_ref())
+                    .await
             }
             Some(Message::PodStatus(report)) => {
                 let report = StatusReport::try_from(report)
@@ -743,9 +825,19 @@ mod tests {
         let (_dir, registry) = registry().await;
         create_pod(&registry, "mine", "n1").await;
         create_pod(&registry, "theirs", "n2").await;
-        let session = Session::open(registry.clone(), registration("n1"))
+        let (network, _) = NodeNetwork::load(
+            &registry,
+            super::super::network::ClusterNetworkSettings::defaults(),
+        )
+        .await
+        .expect("network");
+        let session = Session::open(registry.clone(), registration("n1"), network)
             .await
             .expect("open");
+        assert_eq!(
+            session.network.pod_cidr.map(|s| s.to_string()).as_deref(),
+            Some("10.244.0.0/24")
+        );
         let names: Vec<&str> = session
             .snapshot
             .pods
