@@ -15,6 +15,8 @@ APT_PACKAGES=(
     # reference CNI plugins, busybox for the web app image, gcc and static
     # libc for the pause binary.
     containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev
+    # The agent's service proxy deletes stale UDP conntrack entries with it.
+    conntrack
 )
 
 # kubectl 1.20 is the oldest client Skiff promises to serve. Debian ships it as
