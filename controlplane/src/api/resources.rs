@@ -276,6 +276,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         field_labels: &["status.successful"],
         has_generation: true,
     },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        plural: "cronjobs",
+        singular: "cronjob",
+        kind: "CronJob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: ALL,
+        subresources: STATUS,
+        field_labels: &[],
+        has_generation: true,
+    },
 ];
 
 /// Finds a resource by group, version and plural name.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Endpoints, Event, Namespace, Node, Pod, PodSpec, PodTemplateSpec,
     ReplicationController, Secret, Service, Toleration,
@@ -79,6 +79,9 @@ pub fn default_and_validate(
         "Pod" => typed::<Pod>(info, object, |pod, errors| {
             let spec = pod.spec.get_or_insert_with(Default::default);
             default_pod_spec(spec);
+            if old.is_none() {
+                add_default_toleration_seconds(spec);
+            }
             validate_pod_spec(spec, "spec", errors);
             if let Some(old_spec) = old.and_then(|old| old.get("spec")) {
                 validate_pod_spec_update(spec, old_spec, errors);
@@ -275,6 +278,9 @@ pub fn default_and_validate(
                 }
             })?
         }
+        "CronJob" => typed::<CronJob>(info, object, |cron_job, errors| {
+            default_and_validate_cron_job(cron_job, &name, errors)
+        })?,
         "Service" => typed::<Service>(info, object, |service, errors| {
             default_and_validate_service(service, errors)
         })?,
@@ -365,6 +371,104 @@ fn to_map(selector: &BTreeMap<String, String>) -> serde_json::Map<String, Value>
         .iter()
         .map(|(key, value)| (key.clone(), Value::String(value.clone())))
         .collect()
+}
+
+/// CronJob defaults and rules, as kube-apiserver's: the schedule must
+/// parse and the time zone must exist; the job template follows the Job's
+/// pod rules.
+fn default_and_validate_cron_job(cron_job: &mut CronJob, name: &str, errors: &mut Errors) {
+    use crate::controllers::cronjob::schedule;
+    // The Job names `<name>-<minutes>` must stay within 63 characters.
+    if name.len() > 52 {
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let spec = cron_job.spec.get_or_insert_with(Default::default);
+    spec.concurrency_policy
+        .get_or_insert_with(|| "Allow".into());
+    spec.suspend.get_or_insert(false);
+    spec.successful_jobs_history_limit.get_or_insert(3);
+    spec.failed_jobs_history_limit.get_or_insert(1);
+    if spec.schedule.is_empty() {
+        errors.push(FieldError::required("spec.schedule", ""));
+    } else if let Err(error) = schedule::Schedule::parse(&spec.schedule) {
+        errors.push(FieldError::invalid(
+            "spec.schedule",
+            spec.schedule.clone(),
+            error.to_string(),
+        ));
+    }
+    if let Some(zone) = spec.time_zone.as_deref() {
+        if let Err(error) = schedule::time_zone(Some(zone)) {
+            errors.push(FieldError::invalid(
+                "spec.timeZone",
+                zone,
+                error.to_string(),
+            ));
+        }
+    }
+    let policy = spec.concurrency_policy.clone().unwrap_or_default();
+    if !matches!(policy.as_str(), "Allow" | "Forbid" | "Replace") {
+        errors.push(FieldError::not_supported(
+            "spec.concurrencyPolicy",
+            policy,
+            &["Allow", "Forbid", "Replace"],
+        ));
+    }
+    for (field, value) in [
+        (
+            "spec.startingDeadlineSeconds",
+            spec.starting_deadline_seconds,
+        ),
+        (
+            "spec.successfulJobsHistoryLimit",
+            spec.successful_jobs_history_limit.map(i64::from),
+        ),
+        (
+            "spec.failedJobsHistoryLimit",
+            spec.failed_jobs_history_limit.map(i64::from),
+        ),
+    ] {
+        if let Some(value) = value.filter(|value| *value < 0) {
+            errors.push(FieldError::invalid(
+                field,
+                value,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let job_spec = spec.job_template.spec.get_or_insert_with(Default::default);
+    // Without a selector (the usual case) the Job gets one when created.
+    let selector = match &job_spec.selector {
+        Some(_) => {
+            validate_label_selector(&job_spec.selector, "spec.jobTemplate.spec.selector", errors)
+        }
+        None => labels::LabelSelector::everything(),
+    };
+    let restart = job_spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone());
+    validate_template(
+        &mut job_spec.template,
+        "spec.jobTemplate.spec.template",
+        &selector,
+        errors,
+    );
+    if !matches!(restart.as_deref(), Some("Never") | Some("OnFailure")) {
+        errors.push(FieldError {
+            value: restart.clone(),
+            ..FieldError::not_supported(
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+                restart.unwrap_or_default(),
+                &["OnFailure", "Never"],
+            )
+        });
+    }
 }
 
 fn validate_replicas(replicas: Option<i32>, errors: &mut Errors) {
@@ -626,6 +730,41 @@ fn validate_metadata(info: &ResourceInfo, object: &Value) -> Errors {
     errors
 }
 
+/// The `tolerationSeconds` Kubernetes' DefaultTolerationSeconds admission
+/// gives the `not-ready` and `unreachable` NoExecute tolerations it adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultTolerationSeconds {
+    pub not_ready: i64,
+    pub unreachable: i64,
+}
+
+impl Default for DefaultTolerationSeconds {
+    fn default() -> Self {
+        DefaultTolerationSeconds {
+            not_ready: 300,
+            unreachable: 300,
+        }
+    }
+}
+
+static DEFAULT_TOLERATION_SECONDS: std::sync::OnceLock<DefaultTolerationSeconds> =
+    std::sync::OnceLock::new();
+
+/// Sets the admission's `tolerationSeconds` once, at start-up (the
+/// `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds` flags); later calls are
+/// ignored.
+pub fn configure_default_toleration_seconds(seconds: DefaultTolerationSeconds) {
+    let _ = DEFAULT_TOLERATION_SECONDS.set(seconds);
+}
+
+fn default_toleration_seconds() -> DefaultTolerationSeconds {
+    DEFAULT_TOLERATION_SECONDS
+        .get()
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Pod spec defaults, as the apiserver's defaulting functions and its
 /// default admission plugins set them.
 pub fn default_pod_spec(spec: &mut PodSpec) {
@@ -650,23 +789,6 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     {
         default_container(container);
     }
-    // DefaultTolerationSeconds: pods ride out a short node outage for five
-    // minutes before being evicted.
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
-            tolerations.push(Toleration {
-                key: Some(key.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoExecute".into()),
-                toleration_seconds: Some(300),
-                ..Default::default()
-            });
-        }
-    }
     for volume in spec.volumes.iter_mut().flatten() {
         if let Some(config_map) = volume.config_map.as_mut() {
             config_map.default_mode.get_or_insert(0o644);
@@ -676,6 +798,36 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
         }
         if let Some(host_path) = volume.host_path.as_mut() {
             host_path.type_.get_or_insert_with(String::new);
+        }
+    }
+}
+
+/// Kubernetes' DefaultTolerationSeconds admission, for pods being created
+/// (not templates): pods ride out a short node outage (five minutes unless
+/// configured) before the node lifecycle controller evicts them.
+fn add_default_toleration_seconds(spec: &mut PodSpec) {
+    let seconds = default_toleration_seconds();
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", seconds.not_ready),
+        ("node.kubernetes.io/unreachable", seconds.unreachable),
+    ] {
+        let taint = k8s_openapi::api::core::v1::Taint {
+            key: key.into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        };
+        if !tolerations
+            .iter()
+            .any(|t| crate::scheduler::filters::tolerates(t, &taint))
+        {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(seconds),
+                ..Default::default()
+            });
         }
     }
 }
