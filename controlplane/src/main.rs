@@ -13,8 +13,12 @@ use skiff_controlplane::allocators::{
 };
 use skiff_controlplane::api::handlers::ServerFacts;
 use skiff_controlplane::api::registry::Registry;
+use skiff_controlplane::controllers::cronjob::CronJobController;
+use skiff_controlplane::controllers::daemonset::DaemonSetController;
 use skiff_controlplane::controllers::deployment::DeploymentController;
 use skiff_controlplane::controllers::gc::GarbageCollector;
+use skiff_controlplane::controllers::job::JobController;
+use skiff_controlplane::controllers::nodelifecycle::NodeLifecycleController;
 use skiff_controlplane::controllers::replication::ReplicationManager;
 use skiff_controlplane::nodeapi::network::{ClusterNetworkSettings, NodeNetwork};
 use skiff_controlplane::nodeapi::{self, token::TokenStore};
@@ -85,6 +89,37 @@ struct Options {
     /// DNS domain of the cluster.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// How long a node may go without a heartbeat before its conditions
+    /// become Unknown and it is tainted unreachable (e.g. 40s, 2m).
+    #[arg(long, env = "SKIFF_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// tolerationSeconds of the not-ready NoExecute toleration every pod
+    /// gets unless it has one: how long its pods stay on a NotReady node.
+    #[arg(
+        long,
+        env = "SKIFF_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable NoExecute toleration every pod
+    /// gets unless it has one: how long its pods stay on an unreachable node.
+    #[arg(
+        long,
+        env = "SKIFF_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_unreachable_toleration_seconds: i64,
+}
+
+/// A duration such as `40s`, `2m` or `1h30m` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let signed = match text.parse::<u64>() {
+        Ok(seconds) => return Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => text
+            .parse::<jiff::SignedDuration>()
+            .map_err(|error| format!("{text:?} is not a duration like 40s or 2m: {error}"))?,
+    };
+    std::time::Duration::try_from(signed).map_err(|_| format!("{text:?} must not be negative"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +177,12 @@ fn create_token(data_dir: &Path) -> anyhow::Result<()> {
 
 async fn run(options: Options) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone().context("--data-dir is required")?;
+    skiff_controlplane::api::strategy::configure_default_toleration_seconds(
+        skiff_controlplane::api::strategy::DefaultTolerationSeconds {
+            not_ready: options.default_not_ready_toleration_seconds,
+            unreachable: options.default_unreachable_toleration_seconds,
+        },
+    );
     let network_settings = network_settings(&options)?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -205,6 +246,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(Scheduler::new(registry.clone()).run());
     tokio::spawn(ReplicationManager::new(registry.clone()).run());
     tokio::spawn(DeploymentController::new(registry.clone()).run());
+    tokio::spawn(DaemonSetController::new(registry.clone()).run());
+    tokio::spawn(JobController::new(registry.clone()).run());
+    tokio::spawn(CronJobController::new(registry.clone()).run());
+    tokio::spawn(
+        NodeLifecycleController::new(registry.clone(), options.node_monitor_grace_period).run(),
+    );
 
     let facts = Arc::new(ServerFacts {
         ca_pem: pki.ca_pem.clone(),
