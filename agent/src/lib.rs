@@ -30,6 +30,7 @@ pub mod images;
 pub mod iptables;
 pub mod join;
 pub mod logs;
+pub mod overlay;
 pub mod proxy;
 pub mod oci;
 pub mod pause;
