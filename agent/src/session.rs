@@ -29,7 +29,9 @@ use tokio::sync::mpsc;
 use crate::credentials::Credentials;
 use crate::cri::Cri;
 use crate::hostinfo::{self, HostFacts};
+use crate::runtime::events::PodEvent;
 use crate::runtime::executor::{PodReport, PodRuntime};
+use crate::runtime::volumes::{Unresolved, VolumeFiles};
 use crate::server::{self, ServerAddress, ServerError};
 
 /// The node API protocol revision this agent speaks (see `node.proto`).
@@ -84,6 +86,10 @@ pub struct DesiredPod {
     pub annotations: BTreeMap<String, String>,
     pub deletion_grace_period_seconds: Option<i64>,
     pub resource_version: String,
+    /// The files of its configMap and secret volumes, by volume name.
+    pub volumes: BTreeMap<String, VolumeFiles>,
+    /// What the control plane could not resolve for it.
+    pub unresolved: Vec<Unresolved>,
 }
 
 impl TryFrom<proto::Pod> for DesiredPod {
@@ -102,6 +108,26 @@ impl TryFrom<proto::Pod> for DesiredPod {
                 pod.namespace, pod.name
             ))
         })?;
+        let mut volumes = BTreeMap::new();
+        for contents in pod.volume_contents {
+            let files = VolumeFiles {
+                files: contents.files.into_iter().collect(),
+                modes: contents.modes.into_iter().collect(),
+            };
+            files.validate(&contents.volume_name).map_err(|error| {
+                SessionError::Protocol(format!("pod {}/{}: {error}", pod.namespace, pod.name))
+            })?;
+            volumes.insert(contents.volume_name, files);
+        }
+        let unresolved = pod
+            .unresolved
+            .into_iter()
+            .map(|u| Unresolved {
+                container: u.container,
+                volume: u.volume,
+                message: u.message,
+            })
+            .collect();
         Ok(DesiredPod {
             uid: pod.uid,
             namespace: pod.namespace,
@@ -111,6 +137,8 @@ impl TryFrom<proto::Pod> for DesiredPod {
             annotations: pod.annotations.into_iter().collect(),
             deletion_grace_period_seconds: pod.deletion_grace_period_seconds,
             resource_version: pod.resource_version,
+            volumes,
+            unresolved,
         })
     }
 }
@@ -339,6 +367,28 @@ fn status_message(report: PodReport) -> proto::AgentMessage {
     }
 }
 
+fn events_message(events: Vec<PodEvent>) -> proto::AgentMessage {
+    proto::AgentMessage {
+        message: Some(proto::agent_message::Message::Events(proto::EventReport {
+            events: events
+                .into_iter()
+                .map(|event| proto::PodEvent {
+                    pod_uid: event.pod.uid,
+                    namespace: event.pod.namespace,
+                    pod_name: event.pod.name,
+                    field_path: event.field_path,
+                    r#type: event.event_type.as_str().to_owned(),
+                    reason: event.reason,
+                    message: event.message,
+                    first_timestamp_ms: event.first_ms,
+                    last_timestamp_ms: event.last_ms,
+                    count: event.count.max(1),
+                })
+                .collect(),
+        })),
+    }
+}
+
 fn log_changes(changes: &[(Change, DesiredPod)]) {
     for (change, pod) in changes {
         let pod_name = format!("{}/{}", pod.namespace, pod.name);
@@ -434,6 +484,13 @@ pub async fn run<C: Cri>(
                     break Err(error);
                 }
             }
+            _ = runtime.events().changed() => {
+                let events = runtime.events().take();
+                // Best effort: a batch the stream cannot take is lost.
+                if !events.is_empty() && sender.send(events_message(events)).await.is_err() {
+                    break Err(SessionError::Ended);
+                }
+            }
             message = inbound.message() => {
                 let event = match message {
                     Ok(Some(message)) => ControlEvent::try_from(message),
@@ -491,6 +548,8 @@ mod tests {
             annotations: BTreeMap::new(),
             deletion_grace_period_seconds: None,
             resource_version: "1".into(),
+            volumes: BTreeMap::new(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -576,6 +635,58 @@ mod tests {
             ControlEvent::try_from(broken),
             Err(SessionError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn volume_contents_and_unresolved_references_decode_at_the_edge() {
+        let pod = |path: &str| proto::Pod {
+            uid: "u1".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            spec_json: "{}".into(),
+            volume_contents: vec![proto::VolumeContents {
+                volume_name: "cfg".into(),
+                files: [(path.to_owned(), b"fast".to_vec())].into_iter().collect(),
+                modes: [(path.to_owned(), 0o600)].into_iter().collect(),
+            }],
+            unresolved: vec![proto::UnresolvedReference {
+                container: "c".into(),
+                volume: String::new(),
+                message: "configmap \"x\" not found".into(),
+            }],
+            ..Default::default()
+        };
+        let desired = DesiredPod::try_from(pod("conf/mode")).expect("valid");
+        assert_eq!(desired.volumes["cfg"].files["conf/mode"], b"fast");
+        assert_eq!(desired.volumes["cfg"].modes["conf/mode"], 0o600);
+        assert_eq!(desired.unresolved[0].message, "configmap \"x\" not found");
+        assert!(matches!(
+            DesiredPod::try_from(pod("../../etc/passwd")),
+            Err(SessionError::Protocol(_))
+        ));
+
+        let message = events_message(vec![PodEvent {
+            pod: crate::runtime::events::PodRef {
+                uid: "u1".into(),
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            field_path: "spec.containers{c}".into(),
+            event_type: crate::runtime::events::EventType::Warning,
+            reason: "BackOff".into(),
+            message: "Back-off".into(),
+            first_ms: 1,
+            last_ms: 2,
+            count: 3,
+        }]);
+        match message.message {
+            Some(proto::agent_message::Message::Events(report)) => {
+                let event = &report.events[0];
+                assert_eq!((event.r#type.as_str(), event.count), ("Warning", 3));
+                assert_eq!(event.field_path, "spec.containers{c}");
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
     }
 
     #[test]

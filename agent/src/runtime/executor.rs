@@ -22,6 +22,12 @@
 //!   what is new whenever it is connected, and everything again after a
 //!   reconnect.
 //!
+//! - Along the way the worker records what kubelet records as Events
+//!   (pulls, creation, start, kills, back-off, probe failures) in the
+//!   [`EventSink`], which never blocks, and writes the pod's configMap and
+//!   secret volumes whenever what the control plane sent for them changes
+//!   (before planning, so a container about to start finds them).
+//!
 //! Status calls are made once per container and state (exit codes and
 //! times do not change afterwards) and once per sandbox for its IPs, so an
 //! idle relist costs two list calls.
@@ -35,6 +41,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::events::{EventSink, EventType};
 use super::observed::{
     group_by_pod, ContainerDetails, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox,
 };
@@ -42,6 +49,7 @@ use super::plan::{pod_actions, BackoffBook, KillContainer, PodActions, Waiting, 
 use super::probe::{probe_specs, run_probe, ProbeCounter, ProbeKind};
 use super::spec::{self, Desired, NodeSettings, PodFacts};
 use super::status::{pod_status, StatusContext};
+use super::volumes::{write_volume, VolumeFiles};
 use crate::cri::{Cri, CriError, LABEL_POD_UID};
 use crate::session::{Change, DesiredPod};
 
@@ -204,6 +212,8 @@ struct PodMemory {
     started: BTreeMap<String, bool>,
     /// Containers whose liveness probe failed, by ID.
     unhealthy: BTreeSet<String>,
+    /// configMap and secret volume files as last written, by volume.
+    volumes_written: BTreeMap<String, VolumeFiles>,
 }
 
 impl Drop for PodMemory {
@@ -241,6 +251,7 @@ struct Inner<C: Cri> {
     details: Mutex<HashMap<(String, ContainerState), ContainerDetails>>,
     sandbox_ips: Mutex<HashMap<String, Vec<String>>>,
     reports: StatusBook,
+    events: EventSink,
 }
 
 /// The pod runtime; cheap to clone.
@@ -281,6 +292,7 @@ impl<C: Cri> PodRuntime<C> {
                 details: Mutex::new(HashMap::new()),
                 sandbox_ips: Mutex::new(HashMap::new()),
                 reports: StatusBook::default(),
+                events: EventSink::default(),
             }),
         }
     }
@@ -291,6 +303,11 @@ impl<C: Cri> PodRuntime<C> {
 
     pub fn reports(&self) -> &StatusBook {
         &self.inner.reports
+    }
+
+    /// Events about pods, for the session to send up.
+    pub fn events(&self) -> &EventSink {
+        &self.inner.events
     }
 
     /// The runtime as the Node reports it (`containerd://1.6.20`); empty
@@ -620,6 +637,9 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
             slot.wake.notified().await;
             continue;
         };
+        if !pod.stopping() && !slot.orphan {
+            sync_volume_files(&inner, &pod, &mut memory);
+        }
         if observed.is_none() {
             match observe_pod(&inner, &uid).await {
                 Ok(observation) => observed = Some(observation),
@@ -652,6 +672,9 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
         let mut actions = pod_actions(&pod, &observation.pod, &memory.restarts, now);
         let sick = liveness_kills(&pod, &observation.pod, &memory.unhealthy, &actions);
         actions.kill.extend(sick);
+        if !slot.orphan {
+            record_backoffs(&inner.events, &pod, &actions);
+        }
         publish(
             &inner,
             &slot,
@@ -721,6 +744,56 @@ async fn worker<C: Cri>(inner: Arc<Inner<C>>, uid: String, slot: Arc<Slot>) {
                 );
             }
             wait(&slot, Some(after)).await;
+        }
+    }
+}
+
+/// Writes the pod's configMap and secret volumes whose files changed since
+/// they were last written. Running containers see the new files through
+/// their bind mount; nothing restarts.
+fn sync_volume_files<C: Cri>(inner: &Inner<C>, pod: &Desired, memory: &mut PodMemory) {
+    for (volume, files) in &pod.volume_files {
+        if memory.volumes_written.get(volume) == Some(files) {
+            continue;
+        }
+        let dir = spec::config_volume_dir(pod, &inner.node, volume);
+        let version = Timestamp::now()
+            .strftime("%Y_%m_%d_%H_%M_%S.%f")
+            .to_string();
+        match write_volume(&dir, volume, files, &version) {
+            Ok(()) => {
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), %volume, files = files.files.len(), "volume files written");
+                memory.volumes_written.insert(volume.clone(), files.clone());
+            }
+            Err(error) => {
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %error, "cannot write a volume's files");
+                inner.events.record(
+                    &pod.pod_ref(),
+                    "",
+                    EventType::Warning,
+                    "FailedMount",
+                    &format!("MountVolume.SetUp failed for volume \"{volume}\" : {error}"),
+                );
+            }
+        }
+    }
+}
+
+/// A `BackOff` event for each container held back by its crash-loop
+/// backoff, worded as kubelet words it.
+fn record_backoffs(events: &EventSink, pod: &Desired, actions: &PodActions) {
+    for (container, waiting) in &actions.waiting {
+        if waiting.reason == "CrashLoopBackOff" {
+            events.container(
+                &pod.pod_ref(),
+                container,
+                EventType::Warning,
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {container} in pod {}_{}({})",
+                    pod.name, pod.namespace, pod.uid
+                ),
+            );
         }
     }
 }
@@ -884,12 +957,27 @@ fn sync_probes<C: Cri>(
             }
             let (inner, slot) = (inner.clone(), slot.clone());
             let (id, name) = (id.to_owned(), container.name.clone());
+            let pod_ref = pod.pod_ref();
             tasks.push(tokio::spawn(async move {
                 let mut counter = ProbeCounter::new(probe.kind);
                 tokio::time::sleep(probe.initial_delay).await;
+                let kind = match probe.kind {
+                    ProbeKind::Startup => "Startup",
+                    ProbeKind::Liveness => "Liveness",
+                    ProbeKind::Readiness => "Readiness",
+                };
                 loop {
-                    let ok = run_probe(&inner.cri, &probe, &id, ip).await;
-                    if let Some(healthy) = counter.record(ok, &probe) {
+                    let result = run_probe(&inner.cri, &probe, &id, ip).await;
+                    if let Err(why) = &result {
+                        inner.events.container(
+                            &pod_ref,
+                            &name,
+                            EventType::Warning,
+                            "Unhealthy",
+                            &format!("{kind} probe failed: {why}"),
+                        );
+                    }
+                    if let Some(healthy) = counter.record(result.is_ok(), &probe) {
                         lock(&slot.pending).probes.push(ProbeFlip {
                             container_id: id.clone(),
                             container: name.clone(),
@@ -987,6 +1075,7 @@ fn image_pull_policy(container: &k8s_openapi::api::core::v1::Container, image: &
 /// Makes sure a container's image is there; `Err` holds the waiting state.
 async fn ensure_image<C: Cri>(
     inner: &Inner<C>,
+    pod: &Desired,
     container: &k8s_openapi::api::core::v1::Container,
     memory: &mut PodMemory,
     now: Timestamp,
@@ -994,6 +1083,12 @@ async fn ensure_image<C: Cri>(
 ) -> Result<(), Waiting> {
     let image = container.image.clone().unwrap_or_default();
     let policy = image_pull_policy(container, &image);
+    let pod_ref = pod.pod_ref();
+    let event = |event_type, reason: &str, message: String| {
+        inner
+            .events
+            .container(&pod_ref, &container.name, event_type, reason, &message)
+    };
     let present = match inner.cri.image_id(&image).await {
         Ok(id) => id.is_some(),
         Err(error) => {
@@ -1005,9 +1100,19 @@ async fn ensure_image<C: Cri>(
         }
     };
     if present && policy != "Always" {
+        event(
+            EventType::Normal,
+            "Pulled",
+            format!("Container image \"{image}\" already present on machine"),
+        );
         return Ok(());
     }
     if !present && policy == "Never" {
+        event(
+            EventType::Warning,
+            "ErrImageNeverPull",
+            format!("Container image \"{image}\" is not present with pull policy of Never"),
+        );
         return Err(Waiting {
             reason: "ErrImageNeverPull".into(),
             message: format!(
@@ -1018,6 +1123,11 @@ async fn ensure_image<C: Cri>(
     if let Some(failed) = memory.pull_failures.get(&image) {
         if let Some(wait) = memory.pulls.remaining(&image, *failed, now) {
             outcome.retry(wait);
+            event(
+                EventType::Normal,
+                "BackOff",
+                format!("Back-off pulling image \"{image}\""),
+            );
             return Err(Waiting {
                 reason: "ImagePullBackOff".into(),
                 message: format!("Back-off pulling image \"{image}\""),
@@ -1025,9 +1135,23 @@ async fn ensure_image<C: Cri>(
         }
     }
     tracing::info!(%image, "pulling an image");
+    event(
+        EventType::Normal,
+        "Pulling",
+        format!("Pulling image \"{image}\""),
+    );
+    let started = Instant::now();
     match inner.cri.pull_image(&image).await {
         Ok(_) => {
             memory.pull_failures.remove(&image);
+            event(
+                EventType::Normal,
+                "Pulled",
+                format!(
+                    "Successfully pulled image \"{image}\" in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
             Ok(())
         }
         // An image present locally is good enough when the registry is
@@ -1038,6 +1162,11 @@ async fn ensure_image<C: Cri>(
             memory.pull_failures.insert(image.clone(), now);
             outcome.retry(memory.pulls.delay(&image).unwrap_or(BACKOFF_INITIAL));
             tracing::warn!(%image, %error, "cannot pull an image");
+            event(
+                EventType::Warning,
+                "Failed",
+                format!("Failed to pull image \"{image}\": {error}"),
+            );
             Err(Waiting {
                 reason: "ErrImagePull".into(),
                 message: error.to_string(),
@@ -1058,6 +1187,12 @@ async fn apply<C: Cri>(
 ) -> Outcome {
     let cri = &inner.cri;
     let pod_name = format!("{}/{}", pod.namespace, pod.name);
+    let pod_ref = pod.pod_ref();
+    let event = |container: &str, event_type, reason: &str, message: String| {
+        inner
+            .events
+            .container(&pod_ref, container, event_type, reason, &message)
+    };
     let mut outcome = Outcome::default();
     let failed = |what: &str, error: CriError, outcome: &mut Outcome| {
         // Something already gone is what was wanted.
@@ -1073,7 +1208,20 @@ async fn apply<C: Cri>(
             .containers
             .iter()
             .filter(|c| c.is_running() || c.state == ContainerState::Created)
-            .map(|c| cri.stop_container(&c.id, kill.grace_seconds));
+            .map(|c| {
+                if c.is_running()
+                    && !pod.uid.is_empty()
+                    && pod.spec.containers.iter().any(|s| s.name == c.name)
+                {
+                    event(
+                        &c.name,
+                        EventType::Normal,
+                        "Killing",
+                        format!("Stopping container {}", c.name),
+                    );
+                }
+                cri.stop_container(&c.id, kill.grace_seconds)
+            });
         for result in futures_util::future::join_all(stops).await {
             if let Err(error) = result {
                 failed("cannot stop a container", error, &mut outcome);
@@ -1103,6 +1251,15 @@ async fn apply<C: Cri>(
 
     let kills = actions.kill.iter().map(|kill| {
         tracing::info!(pod = %pod_name, container = %kill.name, reason = kill.reason, "stopping a container");
+        let message = if kill.reason.contains("liveness") {
+            format!(
+                "Container {} failed liveness probe, will be restarted",
+                kill.name
+            )
+        } else {
+            format!("Stopping container {}", kill.name)
+        };
+        event(&kill.name, EventType::Normal, "Killing", message);
         cri.stop_container(&kill.id, kill.grace_seconds)
     });
     for result in futures_util::future::join_all(kills).await {
@@ -1170,7 +1327,23 @@ async fn apply<C: Cri>(
         let Some(container) = pod.spec.containers.iter().find(|c| c.name == start.name) else {
             continue;
         };
-        if let Err(waiting) = ensure_image(inner, container, memory, now, &mut outcome).await {
+        // Kubernetes mounts volumes before it pulls; a volume whose source
+        // does not exist holds the container until the pod is sent again.
+        if let Some(message) = pod.missing_volume(container) {
+            outcome.errors += 1;
+            inner
+                .events
+                .record(&pod_ref, "", EventType::Warning, "FailedMount", &message);
+            memory.waiting.insert(
+                start.name.clone(),
+                Waiting {
+                    reason: "ContainerCreating".into(),
+                    message,
+                },
+            );
+            continue;
+        }
+        if let Err(waiting) = ensure_image(inner, pod, container, memory, now, &mut outcome).await {
             memory.waiting.insert(start.name.clone(), waiting);
             continue;
         }
@@ -1178,11 +1351,18 @@ async fn apply<C: Cri>(
             Ok(config) => config,
             Err(error) => {
                 outcome.errors += 1;
+                let message = error.to_string();
+                event(
+                    &start.name,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {message}"),
+                );
                 memory.waiting.insert(
                     start.name.clone(),
                     Waiting {
                         reason: "CreateContainerConfigError".into(),
-                        message: error.to_string(),
+                        message,
                     },
                 );
                 continue;
@@ -1197,6 +1377,12 @@ async fn apply<C: Cri>(
         {
             Ok(id) => id,
             Err(error) => {
+                event(
+                    &start.name,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {error}"),
+                );
                 memory.waiting.insert(
                     start.name.clone(),
                     Waiting {
@@ -1208,7 +1394,19 @@ async fn apply<C: Cri>(
                 continue;
             }
         };
+        event(
+            &start.name,
+            EventType::Normal,
+            "Created",
+            format!("Created container {}", start.name),
+        );
         if let Err(error) = cri.start_container(&id).await {
+            event(
+                &start.name,
+                EventType::Warning,
+                "Failed",
+                format!("Error: {error}"),
+            );
             memory.waiting.insert(
                 start.name.clone(),
                 Waiting {
@@ -1220,6 +1418,12 @@ async fn apply<C: Cri>(
             continue;
         }
         memory.waiting.remove(&start.name);
+        event(
+            &start.name,
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", start.name),
+        );
         tracing::info!(pod = %pod_name, container = %start.name, restart = start.attempt, id = %id, "container started");
     }
     outcome
@@ -1230,6 +1434,7 @@ mod tests {
     use super::*;
     use crate::runtime::fake::FakeCri;
     use crate::runtime::spec::tests_support::{desired, node};
+    use crate::runtime::volumes::Unresolved;
     use serde_json::json;
 
     fn pod(uid: &str, name: &str, spec: Value) -> DesiredPod {
@@ -1242,6 +1447,8 @@ mod tests {
             annotations: BTreeMap::new(),
             deletion_grace_period_seconds: None,
             resource_version: "1".into(),
+            volumes: BTreeMap::new(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -1492,6 +1699,95 @@ mod tests {
             .calls()
             .iter()
             .any(|c| c.starts_with("StopContainer sick/0")));
+    }
+
+    fn events_of(runtime: &PodRuntime<FakeCri>) -> Vec<(String, String)> {
+        runtime
+            .events()
+            .take()
+            .into_iter()
+            .map(|e| (e.reason, e.message))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn volumes_are_written_and_unresolved_references_wait_for_a_resend() {
+        let fake = FakeCri::with_images(&["skiff.local/webapp:1.0"]);
+        let (dir, runtime) = runtime(&fake);
+        let spec = json!({"containers": [{"name": "web", "image": "skiff.local/webapp:1.0",
+            "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}}],
+            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]});
+        let mut waiting = pod("u1", "web", spec.clone());
+        waiting.unresolved = vec![Unresolved {
+            container: "web".into(),
+            volume: String::new(),
+            message: "configmap \"cfg\" not found".into(),
+        }];
+        waiting.volumes.insert(
+            "cfg".into(),
+            VolumeFiles {
+                files: [("mode".to_owned(), b"slow".to_vec())].into(),
+                modes: [("mode".to_owned(), 0o644)].into(),
+            },
+        );
+        runtime.apply_changes(&[(Change::Added, waiting.clone())], true);
+        let waiting_reason = || {
+            last_report(&runtime, "u1").and_then(|r| {
+                r.status["containerStatuses"][0]["state"]["waiting"]["reason"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+        };
+        until("the container waits on its config", || {
+            waiting_reason().as_deref() == Some("CreateContainerConfigError")
+        })
+        .await;
+        let report = last_report(&runtime, "u1").expect("report");
+        assert_eq!(
+            report.status["containerStatuses"][0]["state"]["waiting"]["message"],
+            "configmap \"cfg\" not found"
+        );
+        let volume = dir.path().join("data/pods/u1/volumes/cfg");
+        assert_eq!(
+            std::fs::read_to_string(volume.join("mode")).expect("file"),
+            "slow"
+        );
+        assert!(events_of(&runtime)
+            .contains(&("Failed".into(), "Error: configmap \"cfg\" not found".into())));
+
+        // The control plane resolves it and sends the pod again.
+        let mut resolved = pod("u1", "web", spec);
+        resolved.spec["containers"][0]["env"][0]["value"] = json!("fast");
+        resolved.volumes = waiting.volumes.clone();
+        runtime.apply_changes(&[(Change::Changed, resolved.clone())], false);
+        until("the pod runs", || phase(&runtime, "u1") == "Running").await;
+        let reasons: Vec<String> = events_of(&runtime).into_iter().map(|e| e.0).collect();
+        for reason in ["Pulled", "Created", "Started"] {
+            assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
+        }
+        let starts = fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("StartContainer"))
+            .count();
+
+        // A changed ConfigMap: new files, no restart.
+        resolved.spec["containers"][0]["env"][0]["value"] = json!("changed");
+        resolved.volumes.get_mut("cfg").expect("cfg").files =
+            [("mode".to_owned(), b"changed".to_vec())].into();
+        runtime.apply_changes(&[(Change::Changed, resolved)], false);
+        until("the file changes", || {
+            std::fs::read_to_string(volume.join("mode")).ok().as_deref() == Some("changed")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let starts_after = fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("StartContainer"))
+            .count();
+        assert_eq!(starts, starts_after, "nothing restarted");
     }
 
     #[tokio::test]

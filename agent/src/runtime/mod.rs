@@ -7,8 +7,11 @@
 //!   [`status::pod_status`] what its status is; both are pure;
 //! - [`executor`] runs one worker per pod uid that applies the plan through
 //!   a [`crate::cri::Cri`], and a relist that feeds the workers what the
-//!   runtime shows.
+//!   runtime shows;
+//! - [`volumes`] writes configMap and secret volumes atomically, and
+//!   [`events`] collects what kubelet would record as Events.
 
+pub mod events;
 pub mod executor;
 #[cfg(test)]
 pub mod fake;
@@ -18,3 +21,4 @@ pub mod probe;
 pub mod quantity;
 pub mod spec;
 pub mod status;
+pub mod volumes;

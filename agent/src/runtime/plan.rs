@@ -24,7 +24,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::observed::{ContainerState, ObservedContainer, ObservedPod};
-use super::spec::{container_hash, Desired, RestartPolicy};
+#[cfg(test)]
+use super::spec::container_hash;
+use super::spec::{hash_matches, Desired, RestartPolicy};
 
 /// Crash-loop backoff, as kubelet's: the first restart is immediate, then
 /// 10 s, doubling to 5 minutes.
@@ -217,7 +219,7 @@ pub fn pod_actions(
         let latest = observed.latest_container(name);
         let attempt = latest.map_or(0, |c| c.attempt + 1);
         if let Some(current) = latest.filter(|c| c.is_running()) {
-            let same_spec = current.hash.is_empty() || current.hash == container_hash(container);
+            let same_spec = current.hash.is_empty() || hash_matches(&current.hash, container);
             if same_spec && in_sandbox(&current) {
                 keep_running.insert(current.id.clone());
                 continue;

@@ -226,13 +226,14 @@ async fn http_check(
     Ok(http_status_ok(&head[..read]))
 }
 
-/// Performs one check against a container whose pod has `ip`.
+/// Performs one check against a container whose pod has `ip`; a failure
+/// says why, for the `Unhealthy` event.
 pub async fn run_probe<C: Cri>(
     cri: &C,
     spec: &ProbeSpec,
     container_id: &str,
     ip: Option<IpAddr>,
-) -> bool {
+) -> Result<(), String> {
     let check = async {
         match &spec.action {
             ProbeAction::Http { https: true, .. } => {
@@ -266,14 +267,22 @@ pub async fn run_probe<C: Cri>(
                 .map_err(|e| e.to_string()),
         }
     };
-    match tokio::time::timeout(spec.timeout, check).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(error)) => {
-            tracing::debug!(container = %container_id, kind = ?spec.kind, %error, "probe failed");
-            false
-        }
-        Err(_) => false,
-    }
+    let failure = match tokio::time::timeout(spec.timeout, check).await {
+        Ok(Ok(true)) => return Ok(()),
+        Ok(Ok(false)) => match &spec.action {
+            ProbeAction::Http { path, .. } => {
+                format!("HTTP probe failed: GET {path} answered with a status outside 200-399")
+            }
+            ProbeAction::Tcp { port, .. } => format!("cannot connect to port {port}"),
+            ProbeAction::Exec { command } => {
+                format!("command {command:?} exited with a non-zero code")
+            }
+        },
+        Ok(Err(error)) => error,
+        Err(_) => format!("timeout: no answer within {}s", spec.timeout.as_secs_f64()),
+    };
+    tracing::debug!(container = %container_id, kind = ?spec.kind, error = %failure, "probe failed");
+    Err(failure)
 }
 
 #[cfg(test)]

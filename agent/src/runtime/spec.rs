@@ -9,7 +9,9 @@
 //! Paths on the host, all under roots given by the agent's flags:
 //! - logs: `LOG_ROOT/<namespace>_<name>_<uid>/<container>/<restart>.log`,
 //!   kubelet's layout, so log tools that know it work unchanged;
-//! - emptyDir volumes: `DATA_DIR/pods/<uid>/volumes/<volume>`;
+//! - emptyDir, configMap and secret volumes:
+//!   `DATA_DIR/pods/<uid>/volumes/<volume>` (the last two written by
+//!   [`super::volumes`] and mounted read-only);
 //! - cgroups: `CGROUP_ROOT/pod<uid>` holds the sandbox's and containers'.
 
 use std::collections::BTreeMap;
@@ -19,7 +21,9 @@ use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use sha2::{Digest, Sha256};
 
+use super::events::PodRef;
 use super::quantity;
+use super::volumes::{Unresolved, VolumeFiles};
 use crate::cri::{
     LABEL_CONTAINER_HASH, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
@@ -42,6 +46,10 @@ pub enum SpecError {
     InvalidSpec(String),
     #[error("container {container}: {message}")]
     Container { container: String, message: String },
+    /// A reference the control plane could not resolve, in its words
+    /// (`configmap "app" not found`).
+    #[error("{0}")]
+    Unresolved(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +71,10 @@ pub struct Desired {
     /// Set when the pod must stop and be removed: its deletion grace
     /// period, or the orphan grace for pods nobody asked for.
     pub stop_grace_seconds: Option<i64>,
+    /// The files of its configMap and secret volumes, by volume name.
+    pub volume_files: BTreeMap<String, VolumeFiles>,
+    /// What the control plane could not resolve for it.
+    pub unresolved: Vec<Unresolved>,
 }
 
 impl Desired {
@@ -77,6 +89,8 @@ impl Desired {
             annotations: pod.annotations.clone(),
             spec,
             stop_grace_seconds: pod.deletion_grace_period_seconds,
+            volume_files: pod.volumes.clone(),
+            unresolved: pod.unresolved.clone(),
         })
     }
 
@@ -90,7 +104,29 @@ impl Desired {
             annotations: BTreeMap::new(),
             spec: PodSpec::default(),
             stop_grace_seconds: Some(grace_seconds),
+            volume_files: BTreeMap::new(),
+            unresolved: Vec::new(),
         }
+    }
+
+    /// Who events about this pod are about.
+    pub fn pod_ref(&self) -> PodRef {
+        PodRef {
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Why `container` cannot start yet because a volume it mounts has no
+    /// source (a configMap or secret that does not exist), if so.
+    pub fn missing_volume(&self, container: &Container) -> Option<String> {
+        container.volume_mounts.iter().flatten().find_map(|mount| {
+            self.unresolved
+                .iter()
+                .find(|u| u.container.is_empty() && u.volume == mount.name)
+                .map(|u| u.message.clone())
+        })
     }
 
     pub fn stopping(&self) -> bool {
@@ -123,12 +159,33 @@ impl Desired {
     }
 }
 
-/// A short, stable hash of a container's spec; a change means restart.
-pub fn container_hash(container: &Container) -> String {
+fn short_hash(container: &Container) -> String {
     // serde_json's maps are ordered, so equal specs serialize equally.
     let text = serde_json::to_vec(container).unwrap_or_default();
     let digest = Sha256::digest(&text);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short, stable hash of a container's spec; a change means restart.
+///
+/// `env` and `envFrom` are left out: Kubernetes does not let a pod's env
+/// change, so the only change a node sees there is the control plane
+/// resolving a configMap or secret reference again, which must not
+/// restart the container (env is fixed when a container starts).
+pub fn container_hash(container: &Container) -> String {
+    short_hash(&Container {
+        env: None,
+        env_from: None,
+        ..container.clone()
+    })
+}
+
+/// Whether a running container's hash label matches `container`: the
+/// current hash, or the one over the whole spec that agents before
+/// [`container_hash`] left env out wrote, so that an upgraded agent does
+/// not restart what they started.
+pub fn hash_matches(label: &str, container: &Container) -> bool {
+    label == container_hash(container) || label == short_hash(container)
 }
 
 /// Where the node keeps things for pods; from the agent's flags.
@@ -299,6 +356,8 @@ pub fn sandbox_config(
 pub struct HostVolume {
     pub path: PathBuf,
     pub create: bool,
+    /// configMap and secret volumes are always mounted read-only.
+    pub read_only: bool,
 }
 
 /// The pod's volumes that containers can mount, by name.
@@ -314,6 +373,7 @@ pub fn host_volumes(desired: &Desired, node: &NodeSettings) -> BTreeMap<String, 
                         .join("volumes")
                         .join(&volume.name),
                     create: true,
+                    read_only: false,
                 },
             );
         } else if let Some(host) = &volume.host_path {
@@ -323,11 +383,26 @@ pub fn host_volumes(desired: &Desired, node: &NodeSettings) -> BTreeMap<String, 
                 HostVolume {
                     path: PathBuf::from(&host.path),
                     create,
+                    read_only: false,
+                },
+            );
+        } else if volume.config_map.is_some() || volume.secret.is_some() {
+            volumes.insert(
+                volume.name.clone(),
+                HostVolume {
+                    path: config_volume_dir(desired, node, &volume.name),
+                    create: false,
+                    read_only: true,
                 },
             );
         }
     }
     volumes
+}
+
+/// Where a configMap or secret volume's files are written.
+pub fn config_volume_dir(desired: &Desired, node: &NodeSettings, volume: &str) -> PathBuf {
+    node.pod_dir(&desired.uid).join("volumes").join(volume)
 }
 
 /// Directories to make before the pod's containers are created: the log
@@ -416,19 +491,46 @@ fn env_value(
                 ))
             });
     }
-    let optional = source
+    let key_ref = source
         .config_map_key_ref
         .as_ref()
-        .and_then(|r| r.optional)
-        .or(source.secret_key_ref.as_ref().and_then(|r| r.optional))
-        .unwrap_or(false);
-    if optional {
+        .map(|r| ("configmap", r.name.as_str(), r.key.as_str(), r.optional))
+        .or(source
+            .secret_key_ref
+            .as_ref()
+            .map(|r| ("secret", r.name.as_str(), r.key.as_str(), r.optional)));
+    let Some((kind, name, key, optional)) = key_ref else {
+        return Err(error(format!(
+            "env {}: only plain values, fieldRef, configMapKeyRef and secretKeyRef are supported",
+            var.name
+        )));
+    };
+    // The control plane resolved it: the value is taken as it is.
+    if let Some(value) = &var.value {
+        return Ok(Some(value.clone()));
+    }
+    if optional.unwrap_or(false) {
         return Ok(None);
     }
-    Err(error(format!(
-        "env {}: only plain values and fieldRef are supported on this node yet",
-        var.name
-    )))
+    Err(unresolved_error(desired, container, || {
+        format!("{kind} {name:?} (key {key}) could not be resolved")
+    }))
+}
+
+/// The control plane's reason a reference of `container` is unresolved,
+/// or `fallback` when it sent none.
+fn unresolved_error(
+    desired: &Desired,
+    container: &Container,
+    fallback: impl FnOnce() -> String,
+) -> SpecError {
+    let message = desired
+        .unresolved
+        .iter()
+        .find(|u| u.container == container.name)
+        .map(|u| u.message.clone())
+        .unwrap_or_else(fallback);
+    SpecError::Unresolved(message)
 }
 
 fn resources(container: &Container) -> Result<cri::LinuxContainerResources, SpecError> {
@@ -531,6 +633,22 @@ pub fn container_config(
         .clone()
         .filter(|i| !i.is_empty())
         .ok_or_else(|| error("no image".into()))?;
+    // envFrom entries are expanded into env by the control plane; one left
+    // here is a required source that does not exist.
+    if let Some(source) = container.env_from.iter().flatten().next() {
+        return Err(unresolved_error(desired, container, || {
+            let name = source
+                .config_map_ref
+                .as_ref()
+                .map(|r| format!("configmap {:?}", r.name))
+                .or(source
+                    .secret_ref
+                    .as_ref()
+                    .map(|r| format!("secret {:?}", r.name)))
+                .unwrap_or_default();
+            format!("{name} not found")
+        }));
+    }
     let mut envs = vec![cri::KeyValue {
         key: "HOSTNAME".into(),
         value: desired
@@ -578,7 +696,7 @@ pub fn container_config(
         mounts.push(cri::Mount {
             container_path: mount.mount_path.clone(),
             host_path: host_path.display().to_string(),
-            readonly: mount.read_only.unwrap_or(false),
+            readonly: mount.read_only.unwrap_or(false) || volume.read_only,
             ..Default::default()
         });
     }
@@ -674,6 +792,8 @@ pub(crate) mod tests_support {
             annotations: BTreeMap::new(),
             deletion_grace_period_seconds: None,
             resource_version: "1".into(),
+            volumes: BTreeMap::new(),
+            unresolved: Vec::new(),
         })
         .expect("valid spec")
     }
@@ -807,7 +927,7 @@ mod tests {
             &node(),
             &PodFacts::default(),
         );
-        assert!(matches!(result, Err(SpecError::Container { .. })));
+        assert!(matches!(result, Err(SpecError::Unresolved(_))));
 
         let optional = desired(json!({"containers": [{"name": "c", "image": "img", "env": [
             {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": true}}}
@@ -832,6 +952,92 @@ mod tests {
             &PodFacts::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn resolved_references_are_taken_as_they_are_and_unresolved_ones_say_why() {
+        let mut pod = desired(json!({"containers": [{"name": "c", "image": "img",
+            "env": [
+                {"name": "FROM_CM", "value": "$(HOSTNAME)",
+                 "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}},
+                {"name": "OWN", "value": "$(HOSTNAME)"},
+            ],
+            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}],
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}));
+        let config = container_config(
+            &pod,
+            &pod.spec.containers[0],
+            0,
+            &node(),
+            &PodFacts::default(),
+        )
+        .expect("config");
+        let env: BTreeMap<&str, &str> = config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+            .collect();
+        assert_eq!(
+            env["FROM_CM"], "$(HOSTNAME)",
+            "resolved values are not expanded"
+        );
+        assert_eq!(env["OWN"], "web");
+        assert_eq!(config.mounts[0].host_path, "/data/pods/u1/volumes/cfg");
+        assert!(config.mounts[0].readonly, "configMap volumes are read-only");
+        assert_eq!(pod.missing_volume(&pod.spec.containers[0]), None);
+
+        pod.unresolved.push(Unresolved {
+            container: String::new(),
+            volume: "cfg".into(),
+            message: "configmap \"cfg\" not found".into(),
+        });
+        assert_eq!(
+            pod.missing_volume(&pod.spec.containers[0]).as_deref(),
+            Some("configmap \"cfg\" not found")
+        );
+
+        let mut unresolved = desired(json!({"containers": [{"name": "c", "image": "img",
+            "envFrom": [{"configMapRef": {"name": "gone"}}]}]}));
+        let error = container_config(
+            &unresolved,
+            &unresolved.spec.containers[0],
+            0,
+            &node(),
+            &PodFacts::default(),
+        )
+        .expect_err("unresolved");
+        assert_eq!(error.to_string(), "configmap \"gone\" not found");
+        unresolved.unresolved.push(Unresolved {
+            container: "c".into(),
+            volume: String::new(),
+            message: "from the control plane".into(),
+        });
+        let error = container_config(
+            &unresolved,
+            &unresolved.spec.containers[0],
+            0,
+            &node(),
+            &PodFacts::default(),
+        )
+        .expect_err("unresolved");
+        assert_eq!(
+            error,
+            SpecError::Unresolved("from the control plane".into())
+        );
+    }
+
+    #[test]
+    fn re_resolved_env_does_not_change_the_container_hash() {
+        let before = desired(json!({"containers": [{"name": "c", "image": "img", "env": [
+            {"name": "A", "value": "1", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}}]}]}));
+        let after = desired(json!({"containers": [{"name": "c", "image": "img", "env": [
+            {"name": "A", "value": "2", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "a"}}}]}]}));
+        let (before, after) = (&before.spec.containers[0], &after.spec.containers[0]);
+        assert_eq!(container_hash(before), container_hash(after));
+        assert!(hash_matches(&container_hash(before), after));
+        // What an agent that hashed the whole spec wrote still matches.
+        assert!(hash_matches(&short_hash(before), before));
+        assert!(!hash_matches(&short_hash(before), after));
     }
 
     #[test]
