@@ -3,10 +3,9 @@
 //!
 //! Mechanism. A peer is read from a stored Node: `spec.podCIDR` and
 //! flannel's annotations (see [`super::node`]). The session lists the
-//! Nodes at revision R and puts the peers into its `Snapshot`
-//! ([`peers_of`]), then watches Nodes after R and hands each store event to
-//! [`peer_change_for_event`], which decides from the Node before and after
-//! the event what node X must hear:
+//! Nodes ([`list_peers`]) and puts the peers into its `Snapshot`, and hands
+//! each Node event of its watch to [`peer_change_for_event`], which
+//! decides from the Node before and after the event what node X must hear:
 //!
 //! - a peer after the event, and not the same peer before → upsert (a new
 //!   node, a new subnet, a new VTEP MAC or underlay address);
@@ -14,15 +13,15 @@
 //!   endpoint gone) → remove;
 //! - otherwise (heartbeats, labels, the node itself) → nothing.
 //!
-//! Node events are followed by their own watch, so a peer change reaches
-//! every node at once, without waiting for a pod event. The decision is
-//! pure; [`PeerFeed`] is the thin part that reads the store.
+//! Node events arrive on the session's one watch over the core resources
+//! (so Delta revisions keep increasing across pods and peers), and each is
+//! turned into a Delta at once, without waiting for a pod event. The
+//! decision is pure; [`list_peers`] is the thin part that reads the store.
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use skiff_proto::node::v1 as proto;
-use skiff_store::{Event, EventType, KeyValue, StoreError, Watcher};
-use tonic::Status;
+use skiff_store::{Event, EventType, KeyValue, StoreError};
 
 use super::node::{pod_cidr_of, OverlayEndpoint};
 use crate::api::errors::ApiError;
@@ -113,7 +112,7 @@ impl From<PeerDelta> for proto::Delta {
 }
 
 /// What a Node store event means to `node` (see the module documentation).
-pub fn peer_change_for_event(event: &Event, node: &str) -> Result<Option<PeerDelta>, PeerError> {
+pub fn peer_change_for_event(event: &Event, node: &str) -> Result<Option<PeerDelta>, ApiError> {
     let before = match (&event.previous, event.event_type) {
         (Some(previous), _) => Some(objects::value(previous)?),
         (None, EventType::Delete) => Some(objects::value(&event.kv)?),
@@ -140,57 +139,12 @@ pub fn peer_change_for_event(event: &Event, node: &str) -> Result<Option<PeerDel
     }))
 }
 
-/// One session's view of the peer table: the peers at the start, then a
-/// delta per relevant Node change.
-pub struct PeerFeed {
-    node: String,
-    watcher: Watcher,
-}
-
-impl PeerFeed {
-    /// Lists the Nodes and starts watching right after the list's revision.
-    pub async fn open(registry: &Registry, node: &str) -> Result<(PeerFeed, Vec<Peer>), PeerError> {
-        let nodes = resources::find("", "v1", "nodes")
-            .ok_or_else(|| ApiError::Internal("nodes are not served".into()))?;
-        let prefix = nodes.key_prefix(None);
-        let listed = registry.store.range(&prefix).await?;
-        let peers = peers_of(&listed.items, node)?;
-        let watcher = registry.store.watch(&prefix, listed.revision)?;
-        Ok((
-            PeerFeed {
-                node: node.to_owned(),
-                watcher,
-            },
-            peers,
-        ))
-    }
-
-    /// The next change to send, waiting for Node events as long as none
-    /// matters to this node. An error status ends the session; the agent
-    /// reconnects for a fresh snapshot.
-    pub async fn next_delta(&mut self) -> Result<proto::Delta, Status> {
-        loop {
-            let event = match self.watcher.next().await {
-                Ok(event) => event,
-                Err(StoreError::WatcherTooSlow) => {
-                    return Err(Status::unavailable(
-                        "this node's peer watch fell behind; reconnect for a fresh snapshot",
-                    ))
-                }
-                Err(error) => {
-                    return Err(Status::unavailable(format!(
-                        "the control plane's node watch ended ({error}); reconnect"
-                    )))
-                }
-            };
-            match peer_change_for_event(&event, &self.node) {
-                Ok(Some(delta)) => return Ok(delta.into()),
-                Ok(None) => {}
-                // One unreadable Node must not cut this node off.
-                Err(error) => tracing::warn!(node = %self.node, %error, "skipping a node event"),
-            }
-        }
-    }
+/// The peers of `node` among the Nodes stored now.
+pub async fn list_peers(registry: &Registry, node: &str) -> Result<Vec<Peer>, PeerError> {
+    let nodes = resources::find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::Internal("nodes are not served".into()))?;
+    let listed = registry.store.range(&nodes.key_prefix(None)).await?;
+    peers_of(&listed.items, node)
 }
 
 #[cfg(test)]

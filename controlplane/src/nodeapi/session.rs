@@ -25,7 +25,7 @@ use tonic::{Status, Streaming};
 
 use super::network::NodeNetwork;
 use super::node::{self, ConditionReport, NodeRegistration, OverlayEndpoint};
-use super::peers::{Peer, PeerFeed};
+use super::peers::{self, Peer};
 use super::pods::{
     self, NamespaceConfigs, NodePods, PodChange, PodError, PodEventReport, ReportCheck,
     StatusReport,
@@ -77,12 +77,13 @@ pub struct Session {
 }
 
 /// The pod-network part of a session: the node's subnet as its Welcome
-/// said, and its peer table.
+/// said, and the peers of its Snapshot. Peer deltas come from Node events
+/// on the session's one watch, so their revisions interleave correctly
+/// with the pods'.
 struct NodeSession {
     settings: Arc<NodeNetwork>,
     pod_cidr: Option<ipnet::Ipv4Net>,
     peers: Vec<Peer>,
-    feed: PeerFeed,
 }
 
 impl NodeSession {
@@ -95,14 +96,10 @@ impl NodeSession {
             .register(registry, registration)
             .await
             .map_err(internal)?;
-        let (feed, peers) = PeerFeed::open(registry, &registration.name)
-            .await
-            .map_err(internal)?;
         Ok(NodeSession {
             settings: network,
             pod_cidr,
-            peers,
-            feed,
+            peers: Vec::new(),
         })
     }
 
@@ -141,7 +138,7 @@ impl Session {
         network: Arc<NodeNetwork>,
     ) -> Result<Session, Status> {
         register(&registry, &registration).await.map_err(internal)?;
-        let network = NodeSession::open(network, &registry, &registration).await?;
+        let mut network = NodeSession::open(network, &registry, &registration).await?;
         let pods = resource("pods").map_err(internal)?;
         let selector = fields::FieldSelector::parse(&format!(
             "spec.nodeName={}",
@@ -157,6 +154,12 @@ impl Session {
         let watcher = registry
             .store
             .watch(&core_prefix().map_err(internal)?, revision)
+            .map_err(internal)?;
+        // Listed after the watch's start revision: a Node change in
+        // between is both in the list and on the watch, which only repeats
+        // an upsert; none is missed.
+        network.peers = peers::list_peers(&registry, &registration.name)
+            .await
             .map_err(internal)?;
         let mut node_pods = NodePods::default();
         for pod in &snapshot.pods {
@@ -265,14 +268,6 @@ impl Session {
                         Err(error) => tracing::warn!(node = %self.registration.name, key = %event.kv.key, %error, "skipping a store event"),
                     }
                 }
-                delta = self.network.feed.next_delta() => {
-                    let message = proto::ControlMessage {
-                        message: Some(proto::control_message::Message::Delta(delta?)),
-                    };
-                    if sender.send(Ok(message)).await.is_err() {
-                        return Ok(());
-                    }
-                }
                 _ = sender.closed() => return Ok(()),
             }
         }
@@ -295,6 +290,10 @@ impl Session {
                 upserted,
                 ..Default::default()
             }));
+        }
+        if key.starts_with(&resource("nodes")?.key_prefix(None)) {
+            let change = peers::peer_change_for_event(event, &self.registration.name)?;
+            return Ok(change.map(Into::into));
         }
         if !key.starts_with(&resource("pods")?.key_prefix(None)) {
             return Ok(None);
@@ -433,7 +432,7 @@ impl Session {
 
 /// The storage prefix shared by pods, ConfigMaps and Secrets.
 fn core_prefix() -> Result<String, ApiError> {
-    let prefixes = ["pods", "configmaps", "secrets"]
+    let prefixes = ["pods", "configmaps", "secrets", "nodes"]
         .into_iter()
         .map(|plural| resource(plural).map(|info| info.key_prefix(None)))
         .collect::<Result<Vec<_>, _>>()?;
