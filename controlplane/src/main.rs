@@ -16,6 +16,7 @@ use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::cronjob::CronJobController;
 use skiff_controlplane::controllers::daemonset::DaemonSetController;
 use skiff_controlplane::controllers::deployment::DeploymentController;
+use skiff_controlplane::controllers::endpoints::EndpointsController;
 use skiff_controlplane::controllers::gc::GarbageCollector;
 use skiff_controlplane::controllers::job::JobController;
 use skiff_controlplane::controllers::nodelifecycle::NodeLifecycleController;
@@ -245,6 +246,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
     tokio::spawn(Scheduler::new(registry.clone()).run());
     tokio::spawn(ReplicationManager::new(registry.clone()).run());
+    tokio::spawn(EndpointsController::new(registry.clone()).run());
     tokio::spawn(DeploymentController::new(registry.clone()).run());
     tokio::spawn(DaemonSetController::new(registry.clone()).run());
     tokio::spawn(JobController::new(registry.clone()).run());

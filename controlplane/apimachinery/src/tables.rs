@@ -175,6 +175,18 @@ const ENDPOINTS_COLUMNS: &[Column] = &[
     AGE,
 ];
 
+const ENDPOINT_SLICE_COLUMNS: &[Column] = &[
+    NAME,
+    col(
+        "AddressType",
+        "string",
+        "The type of addresses the slice holds: IPv4, IPv6 or FQDN.",
+    ),
+    col("Ports", "string", "The ports the slice's endpoints serve."),
+    col("Endpoints", "string", "The addresses of the slice's endpoints."),
+    AGE,
+];
+
 const NODE_COLUMNS: &[Column] = &[
     NAME,
     col("Status", "string", "The status of the node"),
@@ -402,6 +414,7 @@ enum Printer {
     ReplicaSet,
     Service,
     Endpoints,
+    EndpointSlice,
     Node,
     Namespace,
     ConfigMap,
@@ -422,6 +435,7 @@ impl Printer {
             "replicasets" => Printer::ReplicaSet,
             "services" => Printer::Service,
             "endpoints" => Printer::Endpoints,
+            "endpointslices" => Printer::EndpointSlice,
             "nodes" => Printer::Node,
             "namespaces" => Printer::Namespace,
             "configmaps" => Printer::ConfigMap,
@@ -441,6 +455,7 @@ impl Printer {
             Printer::ReplicationController | Printer::ReplicaSet => REPLICA_COLUMNS,
             Printer::Service => SERVICE_COLUMNS,
             Printer::Endpoints => ENDPOINTS_COLUMNS,
+            Printer::EndpointSlice => ENDPOINT_SLICE_COLUMNS,
             Printer::Node => NODE_COLUMNS,
             Printer::Namespace => NAMESPACE_COLUMNS,
             Printer::ConfigMap => CONFIGMAP_COLUMNS,
@@ -526,6 +541,7 @@ pub fn row(resource: &str, obj: &Value, now: Timestamp) -> Value {
         Printer::ReplicaSet => replica_set_cells(obj, now),
         Printer::Service => service_cells(obj, now),
         Printer::Endpoints => endpoints_cells(obj, now),
+        Printer::EndpointSlice => endpoint_slice_cells(obj, now),
         Printer::Node => node_cells(obj, now),
         Printer::Namespace => namespace_cells(obj, now),
         Printer::ConfigMap => configmap_cells(obj, now),
@@ -1412,6 +1428,45 @@ fn format_endpoints(obj: &Value) -> String {
 
 fn endpoints_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
     vec![name_cell(obj), s(format_endpoints(obj)), age(obj, now)]
+}
+
+/// At most three entries, then `+ N more...`; `<unset>` for none (the
+/// discovery printers' `listWithMoreString`).
+fn list_with_more(items: Vec<String>) -> String {
+    const MAX: usize = 3;
+    let count = items.len();
+    if count > MAX {
+        return format!("{} + {} more...", items[..MAX].join(","), count - MAX);
+    }
+    if items.is_empty() {
+        return "<unset>".to_owned();
+    }
+    items.join(",")
+}
+
+fn endpoint_slice_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
+    let ports = arr_at(obj, &["ports"])
+        .iter()
+        .map(|port| match port.get("port").and_then(Value::as_i64) {
+            Some(number) => number.to_string(),
+            None => match port.get("name").and_then(Value::as_str) {
+                Some(name) => name.to_owned(),
+                None => "*".to_owned(),
+            },
+        })
+        .collect();
+    let addresses = arr_at(obj, &["endpoints"])
+        .iter()
+        .flat_map(|endpoint| arr_at(endpoint, &["addresses"]))
+        .map(|address| address.as_str().unwrap_or_default().to_owned())
+        .collect();
+    vec![
+        name_cell(obj),
+        s(str_at(obj, &["addressType"])),
+        s(list_with_more(ports)),
+        s(list_with_more(addresses)),
+        age(obj, now),
+    ]
 }
 
 // ---------------------------------------------------------------------------
@@ -2463,6 +2518,21 @@ mod tests {
 
         let odd = json!({"spec": {"type": "Bogus"}});
         assert_eq!(cell_texts("services", odd)[3], "<unknown>");
+    }
+
+    #[test]
+    fn endpoint_slices_list_ports_and_addresses_capped_at_three() {
+        let slice = json!({"addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80}, {"name": "named"}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]},
+                {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4", "10.0.0.5"]}]});
+        let cells = cell_texts("endpointslices", slice);
+        assert_eq!(cells[1], "IPv4");
+        assert_eq!(cells[2], "80,named");
+        assert_eq!(cells[3], "10.0.0.1,10.0.0.2,10.0.0.3 + 2 more...");
+        let empty = cell_texts("endpointslices", json!({"addressType": "IPv4"}));
+        assert_eq!(empty[2], "<unset>");
+        assert_eq!(empty[3], "<unset>");
     }
 
     #[test]

@@ -289,6 +289,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         field_labels: &[],
         has_generation: true,
     },
+    ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_labels: &[],
+        has_generation: true,
+    },
 ];
 
 /// Finds a resource by group, version and plural name.
