@@ -35,6 +35,8 @@ pub mod peers;
 pub mod pods;
 pub mod resolve;
 mod service;
+pub mod service_env;
+pub mod services;
 mod session;
 pub mod token;
 
