@@ -33,7 +33,7 @@ use skiff_proto::node::v1 as proto;
 use skiff_store::{Event, EventType};
 
 use super::resolve::{
-    self, ConfigData, ConfigKind, ConfigLookup, ConfigRef, ResolveError, ResolvedPod,
+    self, ConfigData, ConfigKind, ConfigLookup, ConfigRef, EnvSource, ResolveError, ResolvedPod,
 };
 use crate::api::errors::ApiError;
 use crate::api::objects::{self, str_at};
@@ -231,6 +231,8 @@ impl ConfigLookup for NothingLoaded {
 struct SentPod {
     desired: DesiredPod,
     refs: BTreeSet<ConfigRef>,
+    /// The service link variables, fixed when the pod was first sent.
+    service_env: EnvSource,
     wire: proto::Pod,
 }
 
@@ -254,22 +256,38 @@ impl NodePods {
         self.configs.insert(namespace.to_owned(), configs);
     }
 
-    fn resolve(&self, pod: &DesiredPod) -> proto::Pod {
+    fn resolve(&self, pod: &DesiredPod, service_env: &EnvSource) -> proto::Pod {
+        let leading = std::slice::from_ref(service_env);
         let resolved = match self.configs.get(&pod.namespace) {
-            Some(configs) => resolve::resolve(&pod.namespace, &pod.spec, configs, &[]),
-            None => resolve::resolve(&pod.namespace, &pod.spec, &NothingLoaded, &[]),
+            Some(configs) => resolve::resolve(&pod.namespace, &pod.spec, configs, leading),
+            None => resolve::resolve(&pod.namespace, &pod.spec, &NothingLoaded, leading),
         };
         wire_pod(pod.clone(), resolved)
     }
 
     /// The pod as it is sent now, remembered as sent.
     pub fn send(&mut self, pod: DesiredPod) -> proto::Pod {
-        let wire = self.resolve(&pod);
+        self.send_with_service_env(pod, |_| EnvSource::default())
+    }
+
+    /// [`send`](Self::send), with the service link variables `compute`
+    /// gives on the pod's first send; later sends keep them.
+    pub fn send_with_service_env(
+        &mut self,
+        pod: DesiredPod,
+        compute: impl FnOnce(&DesiredPod) -> EnvSource,
+    ) -> proto::Pod {
+        let service_env = match self.pods.get(&pod.uid) {
+            Some(sent) => sent.service_env.clone(),
+            None => compute(&pod),
+        };
+        let wire = self.resolve(&pod, &service_env);
         self.pods.insert(
             pod.uid.clone(),
             SentPod {
                 refs: resolve::references(&pod.spec),
                 desired: pod,
+                service_env,
                 wire: wire.clone(),
             },
         );
@@ -316,15 +334,15 @@ impl NodePods {
             }
         }
         let reference = ConfigRef { kind, name };
-        let affected: Vec<DesiredPod> = self
+        let affected: Vec<(DesiredPod, EnvSource)> = self
             .pods
             .values()
             .filter(|sent| sent.desired.namespace == namespace && sent.refs.contains(&reference))
-            .map(|sent| sent.desired.clone())
+            .map(|sent| (sent.desired.clone(), sent.service_env.clone()))
             .collect();
         let mut changed = Vec::new();
-        for pod in affected {
-            let wire = self.resolve(&pod);
+        for (pod, service_env) in affected {
+            let wire = self.resolve(&pod, &service_env);
             if let Some(sent) = self.pods.get_mut(&pod.uid) {
                 if sent.wire != wire {
                     sent.wire = wire.clone();

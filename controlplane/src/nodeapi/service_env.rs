@@ -33,6 +33,7 @@
 use jiff::Timestamp;
 use serde_json::Value;
 
+use super::resolve::EnvSource;
 use crate::api::objects::str_at;
 
 /// The namespace whose `kubernetes` Service every pod gets.
@@ -111,12 +112,27 @@ pub fn service_env<'a>(
     pod: &Value,
     services: impl IntoIterator<Item = &'a Value>,
 ) -> Vec<(String, String)> {
-    let namespace = str_at(pod, "/metadata/namespace").unwrap_or_default();
-    let links = pod
-        .pointer("/spec/enableServiceLinks")
+    service_env_for(
+        str_at(pod, "/metadata/namespace").unwrap_or_default(),
+        pod.get("spec").unwrap_or(&Value::Null),
+        str_at(pod, "/metadata/creationTimestamp"),
+        services,
+    )
+}
+
+/// [`service_env`] for a pod given by its namespace, spec and
+/// `creationTimestamp`.
+pub fn service_env_for<'a>(
+    namespace: &str,
+    spec: &Value,
+    pod_created: Option<&str>,
+    services: impl IntoIterator<Item = &'a Value>,
+) -> Vec<(String, String)> {
+    let links = spec
+        .get("enableServiceLinks")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    let pod_created = created(pod);
+    let pod_created: Option<Timestamp> = pod_created.and_then(|t| t.parse().ok());
     let mut chosen: std::collections::BTreeMap<&str, &Value> = Default::default();
     for service in services {
         if !has_cluster_ip(service) {
@@ -140,6 +156,18 @@ pub fn service_env<'a>(
         service_variables(service, &mut variables);
     }
     variables
+}
+
+/// [`service_env_for`] as an env source for [`super::resolve`].
+pub fn env_source<'a>(
+    namespace: &str,
+    spec: &Value,
+    pod_created: Option<&str>,
+    services: impl IntoIterator<Item = &'a Value>,
+) -> EnvSource {
+    EnvSource {
+        variables: service_env_for(namespace, spec, pod_created, services),
+    }
 }
 
 #[cfg(test)]

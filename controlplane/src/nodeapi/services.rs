@@ -21,21 +21,21 @@
 //!   Endpoints object without its Service) → nothing.
 //!
 //! Ordering rules:
-//! - Services and Endpoints are each listed, then watched from right after
-//!   their own list's revision, so no change falls between list and watch.
+//! - Services and Endpoints are listed after the session's watch has
+//!   started; an event at or below its list's revision is already in the
+//!   table and is skipped, so none is missed and none applied twice.
 //! - Every node gets every Service: the table does not depend on the node.
 //! - Each change is sent on its own, as soon as its event arrives, without
 //!   waiting for a pod event.
 //!
-//! The decisions are pure; [`ServiceFeed`] is the thin part that reads the
-//! store.
+//! The decisions are pure; [`SessionServices::load`] is the thin part that
+//! reads the store.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 use skiff_proto::node::v1 as proto;
-use skiff_store::{Event, EventType, KeyValue, StoreError, Watcher};
-use tonic::Status;
+use skiff_store::{Event, EventType, KeyValue, StoreError};
 
 use crate::api::errors::ApiError;
 use crate::api::objects::{self, str_at};
@@ -309,47 +309,37 @@ fn store_key<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     key.strip_prefix(prefix).filter(|rest| rest.contains('/'))
 }
 
-/// One session's view of the service table: the entries at the start,
-/// then a delta per change that matters.
-pub struct ServiceFeed {
+/// The store prefixes of Services and Endpoints.
+fn prefix(plural: &str) -> Result<String, ApiError> {
+    resources::find("", "v1", plural)
+        .map(|info| info.key_prefix(None))
+        .ok_or_else(|| ApiError::Internal(format!("{plural} are not served")))
+}
+
+/// One session's service table, fed by the session's own watch (which
+/// covers every core resource, so service deltas take their place in the
+/// one revision order of all Deltas).
+#[derive(Debug)]
+pub struct SessionServices {
     table: ServiceTable,
     services_prefix: String,
     endpoints_prefix: String,
-    services: Watcher,
-    endpoints: Watcher,
+    /// The revisions the two lists were read at: events at or below them
+    /// are already in the table.
+    listed_at: [i64; 2],
 }
 
-fn watch_failed(error: StoreError) -> Status {
-    match error {
-        StoreError::WatcherTooSlow => Status::unavailable(
-            "this node's service watch fell behind; reconnect for a fresh snapshot",
-        ),
-        error => Status::unavailable(format!(
-            "the control plane's service watch ended ({error}); reconnect"
-        )),
-    }
-}
-
-impl ServiceFeed {
-    /// Lists Services and Endpoints and starts watching each right after
-    /// its list's revision.
-    pub async fn open(registry: &Registry) -> Result<ServiceFeed, ServiceTableError> {
-        let prefix = |plural: &str| {
-            resources::find("", "v1", plural)
-                .map(|info| info.key_prefix(None))
-                .ok_or_else(|| ApiError::Internal(format!("{plural} are not served")))
-        };
+impl SessionServices {
+    /// Lists Services and Endpoints. Called after the session's watch has
+    /// started, so every change after the lists is on the watch.
+    pub async fn load(registry: &Registry) -> Result<SessionServices, ServiceTableError> {
         let services_prefix = prefix("services")?;
         let endpoints_prefix = prefix("endpoints")?;
         let services = registry.store.range(&services_prefix).await?;
         let endpoints = registry.store.range(&endpoints_prefix).await?;
-        let table = ServiceTable::new(parse_all(&services.items), parse_all(&endpoints.items));
-        Ok(ServiceFeed {
-            table,
-            services: registry.store.watch(&services_prefix, services.revision)?,
-            endpoints: registry
-                .store
-                .watch(&endpoints_prefix, endpoints.revision)?,
+        Ok(SessionServices {
+            table: ServiceTable::new(parse_all(&services.items), parse_all(&endpoints.items)),
+            listed_at: [services.revision, endpoints.revision],
             services_prefix,
             endpoints_prefix,
         })
@@ -359,41 +349,34 @@ impl ServiceFeed {
         &self.table
     }
 
-    /// Takes in one store event; the delta to send, if any.
-    fn take(&mut self, collection: Collection, event: &Event) -> Option<proto::Delta> {
-        let prefix = match collection {
-            Collection::Services => &self.services_prefix,
-            Collection::Endpoints => &self.endpoints_prefix,
-        };
-        let key = store_key(&event.kv.key, prefix)?.to_owned();
-        let object = match event.event_type {
-            EventType::Put => match objects::value(&event.kv) {
-                Ok(object) => Some(object),
-                // One unreadable object must not cut the node off.
-                Err(error) => {
-                    tracing::warn!(%key, %error, "skipping a service table event");
-                    return None;
-                }
-            },
-            EventType::Delete => None,
-        };
-        self.table
-            .apply(collection, &key, object)
-            .map(|change| delta(event.revision(), change))
+    /// Whether `key` is a Service's or an Endpoints' store key.
+    pub fn concerns(&self, key: &str) -> bool {
+        key.starts_with(&self.services_prefix) || key.starts_with(&self.endpoints_prefix)
     }
 
-    /// The next change to send, waiting as long as none matters. An error
-    /// status ends the session; the agent reconnects for a fresh snapshot.
-    pub async fn next_delta(&mut self) -> Result<proto::Delta, Status> {
-        loop {
-            let (collection, event) = tokio::select! {
-                event = self.services.next() => (Collection::Services, event.map_err(watch_failed)?),
-                event = self.endpoints.next() => (Collection::Endpoints, event.map_err(watch_failed)?),
+    /// The Delta (if any) a store event on a Service or an Endpoints
+    /// makes. An object that cannot be read is an error for the caller to
+    /// log; the table is left as it was.
+    pub fn delta_for_event(&mut self, event: &Event) -> Result<Option<proto::Delta>, ApiError> {
+        let (collection, key, listed_at) =
+            if let Some(key) = store_key(&event.kv.key, &self.services_prefix) {
+                (Collection::Services, key, self.listed_at[0])
+            } else if let Some(key) = store_key(&event.kv.key, &self.endpoints_prefix) {
+                (Collection::Endpoints, key, self.listed_at[1])
+            } else {
+                return Ok(None);
             };
-            if let Some(delta) = self.take(collection, &event) {
-                return Ok(delta);
-            }
+        if event.revision() <= listed_at {
+            return Ok(None);
         }
+        let object = match event.event_type {
+            EventType::Put => Some(objects::value(&event.kv)?),
+            EventType::Delete => None,
+        };
+        Ok(self
+            .table
+            .apply(collection, key, object)
+            .map(|change| delta(event.revision(), change)))
     }
 }
 
@@ -539,5 +522,45 @@ mod tests {
             None
         );
         assert!(table.entries().is_empty());
+    }
+
+    fn event(key: &str, object: &Value, revision: i64) -> Event {
+        Event {
+            event_type: EventType::Put,
+            kv: KeyValue {
+                key: key.into(),
+                value: bytes::Bytes::from(object.to_string()),
+                create_revision: revision,
+                mod_revision: revision,
+            },
+            previous: None,
+        }
+    }
+
+    #[test]
+    fn session_events_at_or_below_the_lists_are_skipped() {
+        let mut session = SessionServices {
+            table: ServiceTable::new(vec![web()], Vec::new()),
+            services_prefix: "/registry/core/services/".into(),
+            endpoints_prefix: "/registry/core/endpoints/".into(),
+            listed_at: [10, 12],
+        };
+        assert!(session.concerns("/registry/core/endpoints/default/web"));
+        assert!(!session.concerns("/registry/core/pods/default/web"));
+        let key = "/registry/core/endpoints/default/web";
+        let replayed = session
+            .delta_for_event(&event(key, &web_endpoints(), 12))
+            .expect("event");
+        assert_eq!(replayed, None, "already in the list");
+        let delta = session
+            .delta_for_event(&event(key, &web_endpoints(), 13))
+            .expect("event")
+            .expect("a delta");
+        assert_eq!(delta.revision, 13);
+        assert_eq!(delta.services_upserted[0].ports[0].endpoints.len(), 3);
+        assert!(session
+            .delta_for_event(&event("/registry/core/pods/default/x", &json!({}), 14))
+            .expect("event")
+            .is_none());
     }
 }

@@ -32,6 +32,8 @@ use super::pods::{
 };
 use super::resolve::ConfigKind;
 use super::service::ControlStream;
+use super::service_env;
+use super::services::SessionServices;
 use super::{HEARTBEAT_INTERVAL, PROTOCOL_VERSION};
 use crate::api::errors::ApiError;
 use crate::api::objects::{self, now_rfc3339};
@@ -72,6 +74,9 @@ pub struct Session {
     watcher: Watcher,
     /// The pods as sent, and the configuration they were resolved against.
     node_pods: NodePods,
+    /// Every Service with its endpoints, as sent; also the source of the
+    /// pods' service link variables.
+    services: SessionServices,
     events: EventRecorder,
     network: NodeSession,
 }
@@ -161,6 +166,8 @@ impl Session {
         network.peers = peers::list_peers(&registry, &registration.name)
             .await
             .map_err(internal)?;
+        let services = SessionServices::load(&registry).await.map_err(internal)?;
+        let created = pods_created(&listed);
         let mut node_pods = NodePods::default();
         for pod in &snapshot.pods {
             if let Some(namespace) = node_pods.namespace_to_load(pod) {
@@ -169,7 +176,14 @@ impl Session {
                     .map_err(internal)?;
                 node_pods.load_namespace(&namespace, configs);
             }
-            let wire = node_pods.send(pod.clone());
+            let wire = node_pods.send_with_service_env(pod.clone(), |pod| {
+                service_env::env_source(
+                    &pod.namespace,
+                    &pod.spec,
+                    created.get(&pod.uid).map(String::as_str),
+                    services.table().services(),
+                )
+            });
             snapshot.resolved.insert(pod.uid.clone(), wire);
         }
         Ok(Session {
@@ -179,6 +193,7 @@ impl Session {
             snapshot,
             watcher,
             node_pods,
+            services,
             network,
         })
     }
@@ -201,6 +216,7 @@ impl Session {
         tracing::info!(node = %self.registration.name, pods = self.snapshot.pods.len(), revision = self.snapshot.revision, "sending the node its snapshot");
         let mut snapshot: proto::Snapshot = self.snapshot.clone().into();
         snapshot.peers = self.network.peers.iter().cloned().map(Into::into).collect();
+        snapshot.services = self.services.table().entries();
         let snapshot = proto::ControlMessage {
             message: Some(proto::control_message::Message::Snapshot(snapshot)),
         };
@@ -291,6 +307,9 @@ impl Session {
                 ..Default::default()
             }));
         }
+        if self.services.concerns(key) {
+            return Ok(self.services.delta_for_event(event)?);
+        }
         if key.starts_with(&resource("nodes")?.key_prefix(None)) {
             let change = peers::peer_change_for_event(event, &self.registration.name)?;
             return Ok(change.map(Into::into));
@@ -307,7 +326,20 @@ impl Session {
                     let configs = load_configs(&self.registry, &namespace).await?;
                     self.node_pods.load_namespace(&namespace, configs);
                 }
-                (vec![self.node_pods.send(pod)], Vec::new())
+                let services = &self.services;
+                let wire = self.node_pods.send_with_service_env(pod, |pod| {
+                    let object = objects::value(&event.kv).ok();
+                    let created = object
+                        .as_ref()
+                        .and_then(|o| objects::str_at(o, "/metadata/creationTimestamp"));
+                    service_env::env_source(
+                        &pod.namespace,
+                        &pod.spec,
+                        created,
+                        services.table().services(),
+                    )
+                });
+                (vec![wire], Vec::new())
             }
             PodChange::Remove(uid) => {
                 self.node_pods.forget(&uid);
@@ -446,6 +478,21 @@ fn core_prefix() -> Result<String, ApiError> {
             .count()
     });
     Ok(first[..common].to_owned())
+}
+
+/// Each listed pod's `creationTimestamp`, by UID, for its service link
+/// variables.
+fn pods_created(listed: &[KeyValue]) -> std::collections::HashMap<String, String> {
+    listed
+        .iter()
+        .filter_map(|kv| objects::value(kv).ok())
+        .filter_map(|pod| {
+            Some((
+                objects::str_at(&pod, "/metadata/uid")?.to_owned(),
+                objects::str_at(&pod, "/metadata/creationTimestamp")?.to_owned(),
+            ))
+        })
+        .collect()
 }
 
 /// Reads the ConfigMaps and Secrets of a namespace, for resolving pods.
