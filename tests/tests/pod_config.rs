@@ -111,6 +111,7 @@ spec:
       configMapRef: {{name: app-config}}
     volumeMounts:
     - {{name: config, mountPath: /etc/config}}
+    - {{name: config, mountPath: /etc/mode, subPath: app/mode}}
     - {{name: secret, mountPath: /etc/secret}}
   volumes:
   - name: config
@@ -143,6 +144,29 @@ spec:
     - name: LATE
       valueFrom:
         configMapKeyRef: {{name: late-config, key: mode}}
+"#,
+        image = images::webapp_image_name("1.0"),
+    )
+}
+
+/// A pod whose liveness probe always fails.
+fn sick_pod_yaml() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sick
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {image}
+    livenessProbe:
+      exec:
+        command: ["false"]
+      periodSeconds: 1
+      failureThreshold: 1
 "#,
         image = images::webapp_image_name("1.0"),
     )
@@ -269,6 +293,11 @@ fn config_maps_and_secrets_reach_containers_and_events_are_recorded() {
         exec(&k, "configured", &["cat", "/etc/secret/password"]),
         "s3cret"
     );
+    assert_eq!(
+        exec(&k, "configured", &["cat", "/etc/mode"]),
+        "fast",
+        "subPath"
+    );
     let listing = exec(&k, "configured", &["ls", "-lL", "/etc/secret/password"]);
     assert!(
         listing.starts_with("-r-------- "),
@@ -372,7 +401,33 @@ fn config_maps_and_secrets_reach_containers_and_events_are_recorded() {
         events_of(&k, "configured")
     );
 
+    // A failing liveness probe: Unhealthy, then the restart's Killing.
+    apply(&cp, &k, "sick.yaml", &sick_pod_yaml());
+    assert!(
+        wait_until(DEADLINE, || {
+            let events = events_of(&k, "sick");
+            events
+                .iter()
+                .any(|e| e.0 == "Unhealthy" && e.1.starts_with("Liveness probe failed: "))
+                && events.iter().any(|e| e.0 == "Killing")
+        }),
+        "events of the sick pod: {:#?}",
+        events_of(&k, "sick")
+    );
+
     k.ok(&["delete", "pod", "early", "--timeout=60s"]);
+    // The sick pod's status changes every second or so, and a delete can
+    // meet a 409 Conflict from the control plane while it does; retried.
+    let mut last = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            let out = k.run(&["delete", "pod", "sick", "--timeout=60s"]);
+            let done = out.success() || out.stderr.contains("NotFound");
+            last = Some(out);
+            done
+        }),
+        "the sick pod could not be deleted: {last:?}"
+    );
     drop(agent);
     cd.shutdown().expect("containerd teardown");
     // Dropped rather than deleted, as in exec.rs: the kernel removes the
