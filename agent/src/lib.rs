@@ -34,6 +34,7 @@ pub mod overlay;
 pub mod proxy;
 pub mod oci;
 pub mod pause;
+pub mod podnet;
 pub mod runtime;
 pub mod server;
 pub mod session;

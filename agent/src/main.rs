@@ -93,10 +93,39 @@ struct Options {
     /// How often the runtime is listed to notice exits and strays.
     #[arg(long, default_value_t = 1000)]
     relist_interval_ms: u64,
+    /// Set up the pod network: the VXLAN overlay to the other nodes and
+    /// the CNI configuration for the node's pod subnet. `false` leaves
+    /// pod networking to whatever CNI configuration the runtime has.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pod_network: bool,
+    /// The interface VXLAN packets leave through; the one of the default
+    /// IPv4 route if not given.
+    #[arg(long)]
+    external_interface: Option<String>,
+    /// Where the agent writes its CNI configuration (10-skiff.conflist):
+    /// containerd's configured `cni.confDir` if not given, else
+    /// /etc/cni/net.d.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Removes what the pod network put on this host: the VXLAN device,
+    /// the pods' bridge (skiff0) and the CNI configuration the agent wrote.
+    /// Safe to run more than once; run it with the agent stopped.
+    Cleanup {
+        /// The VNI whose device (skiff.<VNI>) to remove.
+        #[arg(long, default_value_t = 1)]
+        vxlan_vni: u32,
+        /// The directory holding 10-skiff.conflist; containerd's
+        /// `cni.confDir` if not given, else /etc/cni/net.d.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// containerd's socket, asked for its CNI configuration directory.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd: PathBuf,
+    },
     /// Writes the pause image the agent carries, as an OCI layout tarball
     /// for `ctr images import` (the agent imports it by itself under
     /// containerd's configured sandbox image name when that is missing).
@@ -112,6 +141,22 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
+    if let Some(Command::Cleanup {
+        vxlan_vni,
+        cni_conf_dir,
+        containerd,
+    }) = &options.command
+    {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(cleanup_pod_network(
+                *vxlan_vni,
+                cni_conf_dir.as_deref(),
+                containerd,
+            ));
+    }
     if let Some(Command::PauseImage { output, name }) = &options.command {
         return write_pause_image(output, name);
     }
@@ -275,6 +320,13 @@ async fn run(options: Options) -> anyhow::Result<()> {
         options.data_dir.clone(),
     ));
 
+    let (pod_network, pod_network_channels) = skiff_agent::podnet::channels();
+    if options.pod_network {
+        start_pod_network(&options, pod_network_channels).await;
+    } else {
+        tracing::info!("--pod-network=false: pods get whatever CNI configuration the runtime has");
+    }
+
     let mut names = vec![credentials.node_name.clone()];
     names.extend(settings_host_ip.clone());
     let tls = skiff_agent::endpoint::tls_config(&credentials.ca_pem, &names)
@@ -308,7 +360,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
             &runtime_version,
         );
         tracing::info!(node_api = %server.authority(options.node_api_port), "connecting to the node API");
-        let result = session::run(&target, node, &mut book, &runtime, || backoff.reset()).await;
+        let result = session::run(&target, node, &mut book, &runtime, &pod_network, || {
+            backoff.reset()
+        })
+        .await;
         let error = match result {
             Ok(()) => session::SessionError::Ended,
             Err(error) if error.is_fatal() => {
@@ -323,4 +378,64 @@ async fn run(options: Options) -> anyhow::Result<()> {
         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, desired_pods = book.len(), "session lost; reconnecting");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The CNI configuration directory: the flag, else containerd's own
+/// setting, else the usual default.
+async fn cni_conf_dir(flag: Option<&Path>, containerd: &Path) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_owned();
+    }
+    use skiff_agent::pause::SandboxImageRuntime;
+    let runtime = skiff_agent::pause::CriSandboxImageRuntime::new(containerd);
+    let asked =
+        tokio::time::timeout(std::time::Duration::from_secs(5), runtime.status_info()).await;
+    match asked {
+        Ok(Ok(info)) => skiff_agent::podnet::cni_conf_dir_from_status(&info),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        tracing::info!(
+            "containerd did not say where its CNI configuration goes; using {}",
+            skiff_agent::podnet::DEFAULT_CNI_CONF_DIR
+        );
+        PathBuf::from(skiff_agent::podnet::DEFAULT_CNI_CONF_DIR)
+    })
+}
+
+/// Starts the pod network's task (see `skiff_agent::podnet`).
+async fn start_pod_network(options: &Options, channels: skiff_agent::podnet::PodNetworkChannels) {
+    let conf_dir = cni_conf_dir(options.cni_conf_dir.as_deref(), &options.containerd).await;
+    tracing::info!(cni_conf_dir = %conf_dir.display(), "the pod network's CNI configuration goes here");
+    let network_options = skiff_agent::podnet::PodNetworkOptions {
+        external_interface: options.external_interface.clone(),
+        cni_conf_dir: conf_dir,
+        cni_data_dir: options.data_dir.join("cni"),
+    };
+    tokio::spawn(skiff_agent::podnet::run(
+        network_options,
+        channels,
+        skiff_agent::overlay::RtNetlink::connect,
+    ));
+}
+
+/// `skiff-agent cleanup`.
+async fn cleanup_pod_network(
+    vni: u32,
+    cni_conf_dir_flag: Option<&Path>,
+    containerd: &Path,
+) -> anyhow::Result<()> {
+    let conf_dir = cni_conf_dir(cni_conf_dir_flag, containerd).await;
+    let mut netlink =
+        skiff_agent::overlay::RtNetlink::connect().context("cannot open a netlink socket")?;
+    let removed = skiff_agent::podnet::cleanup(&mut netlink, vni, &conf_dir)
+        .await
+        .context("cannot remove the pod network")?;
+    if removed.is_empty() {
+        println!("nothing of the pod network was left");
+    }
+    for what in removed {
+        println!("removed {what}");
+    }
+    Ok(())
 }

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::credentials::Credentials;
 use crate::cri::Cri;
 use crate::hostinfo::{self, HostFacts};
+use crate::podnet::PodNetworkHandle;
 use crate::runtime::events::PodEvent;
 use crate::runtime::executor::{PodReport, PodRuntime};
 use crate::runtime::volumes::{Unresolved, VolumeFiles};
@@ -339,7 +340,7 @@ pub fn node_info(
     }
 }
 
-fn heartbeat() -> proto::AgentMessage {
+fn heartbeat(overlay: Option<proto::OverlayEndpoint>) -> proto::AgentMessage {
     proto::AgentMessage {
         message: Some(proto::agent_message::Message::Heartbeat(proto::Heartbeat {
             conditions: vec![proto::NodeCondition {
@@ -348,7 +349,7 @@ fn heartbeat() -> proto::AgentMessage {
                 reason: "KubeletReady".into(),
                 message: "skiff-agent is posting ready status".into(),
             }],
-            overlay: None,
+            overlay,
         })),
     }
 }
@@ -424,8 +425,14 @@ pub async fn run<C: Cri>(
     node: proto::NodeInfo,
     book: &mut PodBook,
     runtime: &PodRuntime<C>,
+    network: &PodNetworkHandle,
     mut welcomed: impl FnMut(),
 ) -> Result<(), SessionError> {
+    // The pod network's endpoint, once its device exists: in Hello, and in
+    // a heartbeat whenever it changes, so peers learn of it at once.
+    let mut overlay_endpoint = network.endpoint();
+    let mut node = node;
+    node.overlay = overlay_endpoint.borrow_and_update().clone();
     let credentials = target.credentials;
     let channel = server::node_api_channel(
         target.server,
@@ -451,7 +458,11 @@ pub async fn run<C: Cri>(
         .await?
         .into_inner();
 
-    let heartbeat_interval = match inbound.message().await?.map(ControlEvent::try_from) {
+    let first = inbound.message().await?;
+    if let Some(message) = &first {
+        network.observe(message);
+    }
+    let heartbeat_interval = match first.map(ControlEvent::try_from) {
         Some(Ok(ControlEvent::Welcome { heartbeat_interval })) => heartbeat_interval,
         Some(Ok(other)) => {
             return Err(SessionError::Protocol(format!(
@@ -493,7 +504,10 @@ pub async fn run<C: Cri>(
             }
             message = inbound.message() => {
                 let event = match message {
-                    Ok(Some(message)) => ControlEvent::try_from(message),
+                    Ok(Some(message)) => {
+                        network.observe(&message);
+                        ControlEvent::try_from(message)
+                    }
                     Ok(None) => break Err(SessionError::Ended),
                     Err(status) => break Err(status.into()),
                 };
@@ -521,8 +535,15 @@ pub async fn run<C: Cri>(
                 log_changes(&changes);
                 runtime.apply_changes(&changes, snapshot);
             }
+            Ok(()) = overlay_endpoint.changed() => {
+                let endpoint = overlay_endpoint.borrow_and_update().clone();
+                if sender.send(heartbeat(endpoint)).await.is_err() {
+                    break Err(SessionError::Ended);
+                }
+                tracing::info!("reported the overlay endpoint");
+            }
             _ = ticker.tick() => {
-                if sender.send(heartbeat()).await.is_err() {
+                if sender.send(heartbeat(overlay_endpoint.borrow().clone())).await.is_err() {
                     break Err(SessionError::Ended);
                 }
                 tracing::debug!("heartbeat sent");

@@ -1161,7 +1161,6 @@ pub fn section(k: &Kubectl) {
 }
 
 pub mod containerd;
-pub mod fakenode;
 pub mod images;
 pub mod netns;
 
@@ -1217,7 +1216,10 @@ impl ControlPlane {
             .arg("--node-name")
             .arg(node_name)
             .arg("--data-dir")
-            .arg(data_dir);
+            .arg(data_dir)
+            // This agent runs in the host's own network namespace, whose
+            // interfaces and CNI configuration are not the test's to touch.
+            .arg("--pod-network=false");
         if let Some(token) = token {
             cmd.arg("--token").arg(token);
         }
