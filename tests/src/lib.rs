@@ -1161,6 +1161,7 @@ pub fn section(k: &Kubectl) {
 }
 
 pub mod containerd;
+pub mod fakenode;
 pub mod images;
 pub mod netns;
 
