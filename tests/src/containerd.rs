@@ -72,6 +72,7 @@ pub struct PrivateContainerd {
     cni_network: String,
     cni_bridge: String,
     pod_subnet: Subnet,
+    skiff_cni: bool,
     cgroup_parent: String,
     sandbox_image: String,
     start_time: Duration,
@@ -89,6 +90,28 @@ pub struct StartOptions {
     /// containerd's `sandbox_image`; [`PAUSE_IMAGE`] if not given. The
     /// instance imports no image by itself, whichever the name.
     pub sandbox_image: Option<String>,
+    /// Skiff's own pod network: no reference conflist is written (the
+    /// agent writes its own into [`PrivateContainerd::cni_conf_dir`]), and
+    /// the CNI bin dir holds `skiff-cni` ([`skiff_cni_bin`]) next to
+    /// Debian's plugins (containerd runs `loopback` from it).
+    pub skiff_cni: bool,
+}
+
+/// The CNI plugin binary: `$SKIFF_CNI_BIN`, else the one cargo built next
+/// to this test executable, else `target/debug/` of the workspace.
+pub fn skiff_cni_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SKIFF_CNI_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
+            let candidate = profile_dir.join("skiff-cni");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    crate::workspace_root().join("target/debug/skiff-cni")
 }
 
 /// The fixed layout of an instance directory.
@@ -126,6 +149,10 @@ impl Paths {
     }
     fn cni_ipam(&self) -> PathBuf {
         self.dir.join("cni").join("ipam")
+    }
+    /// The instance's own CNI bin dir, used with [`StartOptions::skiff_cni`].
+    fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.join("cni").join("bin")
     }
     fn pod_netns_dir(&self) -> PathBuf {
         self.state().join("skiff-e2e-netns")
@@ -222,6 +249,7 @@ impl PrivateContainerd {
             cni_network: format!("skiff-e2e-{suffix}"),
             cni_bridge: format!("skc{suffix}"),
             pod_subnet,
+            skiff_cni: options.skiff_cni,
             cgroup_parent: format!("/skiff-e2e-{suffix}"),
             sandbox_image: options
                 .sandbox_image
@@ -296,7 +324,12 @@ impl PrivateContainerd {
             "netns": self.node.as_ref().map(|n| n.path()),
         });
         fs::write(paths.meta(), meta.to_string())?;
-        fs::write(paths.cni_conflist(), self.conflist(paths).to_string())?;
+        let cni_bin = if self.skiff_cni {
+            self.install_skiff_cni(paths)?
+        } else {
+            fs::write(paths.cni_conflist(), self.conflist(paths).to_string())?;
+            PathBuf::from(CNI_BIN_DIR)
+        };
         let config = format!(
             r#"# Private containerd of a Skiff end-to-end test.
 version = 2
@@ -354,10 +387,40 @@ required_plugins = ["io.containerd.grpc.v1.cri"]
             opt = toml_str(&paths.opt()),
             pause = self.sandbox_image,
             runc_root = toml_str(&paths.runc_root()),
-            cni_bin = CNI_BIN_DIR,
+            cni_bin = cni_bin.display(),
             cni_conf = toml_str(&paths.cni_conf_dir()),
         );
         fs::write(paths.config(), config)
+    }
+
+    /// A CNI bin dir of the instance's own: links to Debian's plugins and
+    /// a copy of `skiff-cni`.
+    fn install_skiff_cni(&self, paths: &Paths) -> io::Result<PathBuf> {
+        let bin_dir = paths.cni_bin_dir();
+        fs::create_dir_all(&bin_dir)?;
+        for entry in fs::read_dir(CNI_BIN_DIR)? {
+            let entry = entry?;
+            std::os::unix::fs::symlink(entry.path(), bin_dir.join(entry.file_name()))?;
+        }
+        let plugin = skiff_cni_bin();
+        fs::copy(&plugin, bin_dir.join("skiff-cni")).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot copy {} (build it with `cargo build -p skiff-cni`, or set SKIFF_CNI_BIN): {e}",
+                    plugin.display()
+                ),
+            )
+        })?;
+        Ok(bin_dir)
+    }
+
+    /// The CNI configuration directory containerd reads.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        Paths {
+            dir: self.dir.clone(),
+        }
+        .cni_conf_dir()
     }
 
     fn conflist(&self, paths: &Paths) -> Value {
