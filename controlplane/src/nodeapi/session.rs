@@ -867,6 +867,118 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn config_changes_resend_the_pods_using_them_and_node_events_are_recorded() {
+        let (_dir, registry) = registry().await;
+        let config_maps = resource("configmaps").expect("configmaps");
+        registry
+            .create(
+                config_maps,
+                Some("default"),
+                json!({"metadata": {"name": "app"}, "data": {"mode": "fast"}}),
+                false,
+            )
+            .await
+            .expect("configmap");
+        let pod = json!({
+            "metadata": {"name": "web"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx",
+                "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "mode"}}}]}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "app"}}]},
+        });
+        let kv = registry
+            .create(resource("pods").expect("pods"), Some("default"), pod, false)
+            .await
+            .expect("pod");
+        let web = objects::value(&kv).expect("value");
+        let uid = objects::str_at(&web, "/metadata/uid")
+            .expect("uid")
+            .to_owned();
+        create_pod(&registry, "plain", "n1").await;
+        let (network, _) = NodeNetwork::load(
+            &registry,
+            super::super::network::ClusterNetworkSettings::defaults(),
+        )
+        .await
+        .expect("network");
+        let mut session = Session::open(registry.clone(), registration("n1"), network)
+            .await
+            .expect("open");
+        let sent = &session.snapshot.resolved[&uid];
+        assert_eq!(sent.volume_contents[0].files["mode"], b"fast");
+        assert!(
+            sent.spec_json.contains(r#""value":"fast""#),
+            "{}",
+            sent.spec_json
+        );
+
+        registry
+            .patch(
+                config_maps,
+                Some("default"),
+                "app",
+                PatchType::Merge,
+                &json!({"data": {"mode": "slow"}}),
+                WriteMode::default(),
+            )
+            .await
+            .expect("patch");
+        let delta = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let event = session.watcher.next().await.expect("event");
+                if let Some(delta) = session.delta_for_event(&event).await.expect("delta") {
+                    if !delta.upserted.is_empty() {
+                        return delta;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a delta for the ConfigMap change");
+        assert_eq!(delta.upserted.len(), 1, "only the pod that uses it");
+        assert_eq!(delta.upserted[0].uid, uid);
+        assert_eq!(delta.upserted[0].volume_contents[0].files["mode"], b"slow");
+
+        let event = |uid: &str, count| PodEventReport {
+            uid: uid.to_owned(),
+            namespace: "default".into(),
+            name: "web".into(),
+            field_path: "spec.containers{c}".into(),
+            warning: true,
+            reason: "BackOff".into(),
+            message: "Back-off restarting failed container c".into(),
+            count,
+            first_timestamp: "2025-01-01T00:00:00Z".into(),
+            last_timestamp: "2025-01-01T00:00:10Z".into(),
+        };
+        session.record_event(event(&uid, 2)).await;
+        session.record_event(event(&uid, 3)).await;
+        session.record_event(event("another-pod", 1)).await;
+        let (events, _) = registry
+            .list(
+                resource("events").expect("events"),
+                Some("default"),
+                &LabelSelector::everything(),
+                &fields::FieldSelector::everything(),
+            )
+            .await
+            .expect("events");
+        let events: Vec<Value> = events
+            .iter()
+            .map(|kv| objects::value(kv).expect("event"))
+            .filter(|e| e["reason"] == "BackOff")
+            .collect();
+        assert_eq!(events.len(), 1, "folded, and the stale uid dropped");
+        assert_eq!(events[0]["count"], 5);
+        assert_eq!(
+            events[0]["involvedObject"]["fieldPath"],
+            "spec.containers{c}"
+        );
+        assert_eq!(events[0]["source"]["component"], "kubelet");
+        assert_eq!(events[0]["source"]["host"], "n1");
+        assert_eq!(events[0]["type"], "Warning");
+    }
+
+    #[tokio::test]
     async fn a_session_opens_with_the_nodes_pods() {
         let (_dir, registry) = registry().await;
         create_pod(&registry, "mine", "n1").await;
