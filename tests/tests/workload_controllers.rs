@@ -322,7 +322,7 @@ fn a_silent_node_turns_unknown_is_tainted_and_its_replicas_move() {
     let address = ControlPlaneAddress::of(&cp);
     let k = cp.kubectl();
     let mut a = start_node(&address, "sim-lost");
-    let b = start_node(&address, "sim-kept");
+    let mut b = start_node(&address, "sim-kept");
     wait_ready(&k, &a);
     wait_ready(&k, &b);
 
@@ -434,6 +434,25 @@ fn a_silent_node_turns_unknown_is_tainted_and_its_replicas_move() {
             .as_array()
             .is_some_and(|pods| pods.len() == 4)),
         "the evicted pods never finished: {:#}",
+        k.get_json(&["pods", "-l", "app=web"])
+    );
+
+    // A Node deleted for good takes its pods with it, and the replicas
+    // come back on the node that is left.
+    b.stop();
+    k.ok(&["delete", "node", "sim-kept"]);
+    assert!(
+        wait_until(WAIT, || {
+            let all = k.get_json(&["pods", "-l", "app=web"])["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            all.len() == 4
+                && all
+                    .iter()
+                    .all(|p| node_of(p) == "sim-lost" && p["status"]["phase"] == "Running")
+        }),
+        "the deleted node's pods were not replaced: {:#}",
         k.get_json(&["pods", "-l", "app=web"])
     );
 }

@@ -427,7 +427,7 @@ pub fn plan(ds: &Value, nodes: &[&Value], pods: &[&Value], now: Timestamp) -> Da
 
     if rolling {
         let budget = max_unavailable(ds, result.counts.desired);
-        let mut unavailable = kept
+        let unavailable = kept
             .iter()
             .filter(|(_, pod)| !pod.is_some_and(|p| is_available(p, min_ready, now)))
             .count() as i64;
@@ -446,13 +446,10 @@ pub fn plan(ds: &Value, nodes: &[&Value], pods: &[&Value], now: Timestamp) -> Da
         result
             .delete
             .extend(old_unavailable.iter().map(|p| pod_ref(p)));
-        for pod in old_available {
-            if unavailable >= budget {
-                break;
-            }
-            result.delete.push(pod_ref(pod));
-            unavailable += 1;
-        }
+        let room = (budget - unavailable).max(0) as usize;
+        result
+            .delete
+            .extend(old_available.iter().take(room).map(|p| pod_ref(p)));
     }
     result
 }

@@ -718,17 +718,24 @@ mod tests {
         let default = json!({"key": TAINT_UNREACHABLE, "operator": "Exists",
             "effect": "NoExecute", "tolerationSeconds": 300});
         assert_eq!(
-            eviction(&[default.clone()], &taints, now),
+            eviction(std::slice::from_ref(&default), &taints, now),
             Eviction::At(at("2025-01-01T00:05:00Z"))
         );
         assert_eq!(
-            eviction(&[default.clone()], &taints, at("2025-01-01T00:05:00Z")),
+            eviction(
+                std::slice::from_ref(&default),
+                &taints,
+                at("2025-01-01T00:05:00Z")
+            ),
             Eviction::Now
         );
         // The shorter of two matching tolerations wins; one without
         // seconds tolerates forever only if it is the only one.
         let forever = json!({"operator": "Exists"});
-        assert_eq!(eviction(&[forever.clone()], &taints, now), Eviction::Keep);
+        assert_eq!(
+            eviction(std::slice::from_ref(&forever), &taints, now),
+            Eviction::Keep
+        );
         assert_eq!(
             eviction(&[forever, default], &taints, now),
             Eviction::At(at("2025-01-01T00:05:00Z"))
