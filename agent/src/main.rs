@@ -112,7 +112,8 @@ struct Options {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Removes what the pod network put on this host: the VXLAN device,
-    /// the pods' bridge (skiff0) and the CNI configuration the agent wrote.
+    /// the pods' bridge (skiff0), the CNI configuration the agent wrote and
+    /// its iptables chains (SKIFF-*).
     /// Safe to run more than once; run it with the agent stopped.
     Cleanup {
         /// The VNI whose device (skiff.<VNI>) to remove.
@@ -431,9 +432,12 @@ async fn cleanup_pod_network(
     let removed = skiff_agent::podnet::cleanup(&mut netlink, vni, &conf_dir)
         .await
         .context("cannot remove the pod network")?;
+    let iptables = skiff_agent::iptables::CommandIptables::detect(Vec::new());
+    skiff_agent::proxy::cleanup(&iptables).context("cannot remove the agent's iptables chains")?;
     if removed.is_empty() {
         println!("nothing of the pod network was left");
     }
+    println!("removed the agent's iptables chains (SKIFF-*), if there were any");
     for what in removed {
         println!("removed {what}");
     }

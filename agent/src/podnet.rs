@@ -78,6 +78,9 @@ pub struct NodeNetworkSettings {
     pub pod_cidr: Ipv4Net,
     pub vni: u32,
     pub port: u16,
+    /// The whole pod network, whose traffic leaving it is masqueraded;
+    /// `None` from a control plane that does not say.
+    pub cluster_cidr: Option<Ipv4Net>,
 }
 
 impl NodeNetworkSettings {
@@ -112,10 +115,19 @@ impl NodeNetworkSettings {
             port => u16::try_from(port)
                 .map_err(|_| PodNetworkError::Vxlan(format!("port {port} is above 65535")))?,
         };
+        let cluster_cidr = network
+            .map(|network| network.cluster_cidr.as_str())
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                text.parse::<Ipv4Net>()
+                    .map_err(|_| PodNetworkError::PodCidr(text.to_owned()))
+            })
+            .transpose()?;
         Ok(Some(NodeNetworkSettings {
             pod_cidr: subnet,
             vni,
             port,
+            cluster_cidr,
         }))
     }
 
@@ -447,6 +459,26 @@ where
     let mut overlay = Overlay::new(netlink, config);
     let vtep = overlay.ensure_device().await?;
     overlay::enable_ip_forwarding()?;
+    if let Some(cluster_cidr) = settings.cluster_cidr {
+        // iptables runs as a command; keep it off the async workers.
+        let masquerade = tokio::task::spawn_blocking(move || {
+            let iptables = crate::iptables::CommandIptables::detect(Vec::new());
+            crate::proxy::ensure_pod_masquerade(
+                &iptables,
+                &crate::proxy::NodeSettings::new(cluster_cidr),
+            )
+        })
+        .await;
+        match masquerade {
+            Ok(Ok(())) => {
+                tracing::info!(%cluster_cidr, "pod traffic leaving the cluster network is masqueraded")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot install the pod network's masquerade; pods cannot reach addresses outside the cluster network")
+            }
+            Err(error) => tracing::warn!(%error, "the masquerade set-up did not finish"),
+        }
+    }
     let content = conflist(settings, vtep.mtu, &options.cni_data_dir);
     if write_conflist(&options.cni_conf_dir, &content)? {
         tracing::info!(path = %options.cni_conf_dir.join(CONFLIST_NAME).display(), subnet = %settings.pod_cidr, mtu = vtep.mtu, "wrote the CNI configuration");
@@ -466,7 +498,7 @@ fn write_conflist_logged(options: &PodNetworkOptions, settings: &NodeNetworkSett
 }
 
 /// `skiff-agent cleanup`: removes the VXLAN device, the pods' bridge and
-/// the conflist. Idempotent: what is already gone is skipped. Returns what
+/// the conflist (the iptables chains are `crate::proxy::cleanup`'s). Idempotent: what is already gone is skipped. Returns what
 /// was removed, for the operator.
 pub async fn cleanup<N: OverlayNetlink>(
     netlink: &mut N,
@@ -523,6 +555,10 @@ mod tests {
     fn welcome_settings_are_validated() {
         let settings = settings();
         assert_eq!((settings.vni, settings.port), (7, 4789));
+        assert_eq!(
+            settings.cluster_cidr.map(|c| c.to_string()).as_deref(),
+            Some("10.244.0.0/16")
+        );
         assert_eq!(settings.gateway(), Ipv4Addr::new(10, 244, 3, 1));
         assert_eq!(
             NodeNetworkSettings::from_welcome("", None).expect("ok"),
