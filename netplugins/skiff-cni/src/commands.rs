@@ -2,8 +2,10 @@
 //! narrow seams (`Dataplane`, `Stores`).
 //!
 //! Ordering rules:
-//! - ADD: reserve the address durably first, then release the IPAM lock and
-//!   do the kernel work (so concurrent ADDs overlap in the kernel part).
+//! - ADD: reserve the address first, then release the IPAM lock and do the
+//!   kernel work (so concurrent ADDs overlap in the kernel part), with the
+//!   reservation's final directory fsync running alongside; the result is
+//!   printed only once the reservation is durable.
 //!   If the kernel work fails, the address is released again, unless the
 //!   owner already held it before this ADD (a repeated ADD must not take
 //!   away the address the first one configured).
@@ -20,7 +22,7 @@ use crate::dataplane::Dataplane;
 use crate::error::PluginError;
 use crate::invocation::{Attachment, Invocation};
 use crate::ipam::{choose_address, held_by, Allocation, Owner, Pool};
-use crate::ipam_store::{FsReservationStore, ReservationStore, StoreError};
+use crate::ipam_store::{FsReservationStore, PendingSync, ReservationStore, StoreError};
 use crate::plan::{
     add_result, attach_plan, compare, detach_plan, expected_from, observe_query, CheckError,
 };
@@ -98,21 +100,39 @@ fn add(
     dataplane.check_netns(netns)?;
 
     let owner = owner_of(attachment);
-    let allocation = {
+    let (allocation, pending_sync) = {
         let mut store = stores.open(conf)?;
         let allocation = choose_address(
             &Pool::new(conf.subnet, conf.gateway),
             &store.load()?,
             &owner,
         )?;
-        if let Allocation::New(address) = allocation {
-            store.reserve(address, &owner)?;
-        }
-        allocation
+        let pending_sync = match allocation {
+            Allocation::New(address) => store.reserve(address, &owner)?,
+            Allocation::Existing(_) => PendingSync::default(),
+        };
+        (allocation, pending_sync)
     };
 
     let plan = attach_plan(conf, attachment, netns, allocation.address());
-    match dataplane.attach(&plan) {
+    // The reservation's last fsync runs alongside the kernel work; the
+    // result is printed only once both are done.
+    let (attached, synced) = std::thread::scope(|scope| {
+        let sync = scope.spawn(move || pending_sync.complete());
+        let attached = dataplane.attach(&plan);
+        let synced = sync.join().unwrap_or(Err(StoreError::SyncInterrupted));
+        (attached, synced)
+    });
+    let attached = match (attached, synced) {
+        (Ok(attached), Ok(())) => Ok(attached),
+        (Ok(_), Err(sync_error)) => {
+            // Not durable: undo, so the runtime's retry starts clean.
+            let _ = dataplane.detach(&detach_plan(attachment));
+            Err(PluginError::from(sync_error))
+        }
+        (Err(err), _) => Err(PluginError::from(err)),
+    };
+    match attached {
         Ok(attached) => {
             let result =
                 add_result(&plan, &attached, conf.gateway).appended_to(conf.prev_result.clone());
@@ -126,7 +146,7 @@ fn add(
                     .open(conf)
                     .and_then(|mut store| store.release(address));
             }
-            Err(err.into())
+            Err(err)
         }
     }
 }
@@ -287,11 +307,11 @@ mod tests {
         fn load(&mut self) -> Result<Reservations, StoreError> {
             Ok(self.0.borrow().clone())
         }
-        fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<(), StoreError> {
+        fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<PendingSync, StoreError> {
             let mut state = self.0.borrow_mut();
             state.by_address.insert(address, Some(owner.clone()));
             state.last_reserved = Some(address);
-            Ok(())
+            Ok(PendingSync::default())
         }
         fn release(&mut self, address: Ipv4Addr) -> Result<(), StoreError> {
             self.0.borrow_mut().by_address.remove(&address);

@@ -33,6 +33,7 @@ pub struct AttachPlan {
     pub netns: PathBuf,
     pub bridge: BridgeSpec,
     pub host_veth: String,
+    pub host_veth_mac: Mac,
     pub pod_ifname: String,
     pub pod_mac: Mac,
     pub pod_address: Ipv4Net,

@@ -9,9 +9,15 @@
 //!   load-decide-write sequence, so concurrent plugin processes (the runtime
 //!   runs ADDs for different pods in parallel) never pick the same address.
 //!
-//! Every write goes to a temporary file that is fsynced, renamed into place,
-//! and followed by an fsync of the directory, so an acknowledged reservation
-//! survives a crash and a torn file is never seen. The lock is released when
+//! A reservation goes to a temporary file that is fsynced, renamed into
+//! place, and followed by an fsync of the directory, so an acknowledged
+//! reservation survives a crash and a torn file is never seen. The
+//! directory fsync is handed back as a [`PendingSync`]: the rename is
+//! already visible to the next lock holder, so ADD overlaps that fsync with
+//! its kernel work and only waits for it before printing its result. The cursor is
+//! replaced the same way, but its contents are not fsynced: losing its
+//! latest value in a crash only moves where the next search starts (the
+//! address files are the truth), and it saves an fsync per ADD. The lock is released when
 //! the store is dropped (closing the file drops the `flock`), also when the
 //! process dies.
 
@@ -33,13 +39,37 @@ const TEMP_PREFIX: &str = ".tmp-";
 pub trait ReservationStore {
     fn load(&mut self) -> Result<Reservations, StoreError>;
     /// Records `address` for `owner` and moves the cursor to it.
-    fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<(), StoreError>;
+    /// The reservation is visible to the next holder of the lock at once,
+    /// and durable once the returned [`PendingSync`] completes.
+    fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<PendingSync, StoreError>;
     /// Forgets `address`; a missing record is not an error.
     fn release(&mut self, address: Ipv4Addr) -> Result<(), StoreError>;
 }
 
+/// The last step of making a reservation durable: the fsync of the
+/// directory that holds the renamed file. It needs no lock, so an ADD runs
+/// it alongside its kernel work and waits for it before answering.
+#[must_use = "a reservation is durable only once its sync completes"]
+#[derive(Debug, Default)]
+pub struct PendingSync {
+    directories: Vec<PathBuf>,
+}
+
+impl PendingSync {
+    pub fn complete(self) -> Result<(), StoreError> {
+        for directory in &self.directories {
+            File::open(directory)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io_error("fsync", directory))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the fsync of a reservation was interrupted")]
+    SyncInterrupted,
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -86,7 +116,9 @@ impl FsReservationStore {
         data_dir.join(network).is_dir()
     }
 
-    fn write_durably(&self, name: &str, contents: &str) -> Result<(), StoreError> {
+    /// Replaces `name` atomically; with `sync`, its contents are durable
+    /// before the rename (the directory still needs its own fsync).
+    fn replace_file(&self, name: &str, contents: &str, sync: bool) -> Result<(), StoreError> {
         let target = self.dir.join(name);
         let temp = self
             .dir
@@ -94,7 +126,9 @@ impl FsReservationStore {
         let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
         file.write_all(contents.as_bytes())
             .map_err(io_error("write", &temp))?;
-        file.sync_all().map_err(io_error("fsync", &temp))?;
+        if sync {
+            file.sync_all().map_err(io_error("fsync", &temp))?;
+        }
         drop(file);
         fs::rename(&temp, &target).map_err(io_error("rename into place", &target))?;
         Ok(())
@@ -134,10 +168,12 @@ impl ReservationStore for FsReservationStore {
         Ok(reservations)
     }
 
-    fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<(), StoreError> {
-        self.write_durably(&address.to_string(), &render_owner(owner))?;
-        self.write_durably(CURSOR_FILE, &format!("{address}\n"))?;
-        self.sync_dir()
+    fn reserve(&mut self, address: Ipv4Addr, owner: &Owner) -> Result<PendingSync, StoreError> {
+        self.replace_file(&address.to_string(), &render_owner(owner), true)?;
+        self.replace_file(CURSOR_FILE, &format!("{address}\n"), false)?;
+        Ok(PendingSync {
+            directories: vec![self.dir.clone()],
+        })
     }
 
     fn release(&mut self, address: Ipv4Addr) -> Result<(), StoreError> {
@@ -182,7 +218,11 @@ mod tests {
         {
             let mut store = FsReservationStore::open_locked(data.path(), "skiff").unwrap();
             assert_eq!(store.load().unwrap(), Reservations::default());
-            store.reserve(address, &owner("abc")).unwrap();
+            store
+                .reserve(address, &owner("abc"))
+                .unwrap()
+                .complete()
+                .unwrap();
         }
         let mut store = FsReservationStore::open_locked(data.path(), "skiff").unwrap();
         let loaded = store.load().unwrap();

@@ -14,17 +14,21 @@
 //!    address (an existing address is fine). Concurrent ADDs may race to
 //!    create it: "exists" counts as success.
 //! 2. `net.ipv4.ip_forward=1` in the node namespace (written only when off).
-//! 3. The veth pair in one request: host end named from the attachment,
-//!    already a port of the bridge and up; pod end created directly inside
-//!    the pod namespace (`IFLA_NET_NS_FD` on the peer) under its final name
-//!    with its MAC and MTU, so a node interface called `eth0` never gets in
-//!    the way.
+//! 3. The veth pair in one request: host end named and addressed from the
+//!    plan, already a port of the bridge and up; pod end created directly
+//!    inside the pod namespace (`IFLA_NET_NS_FD` on the peer) under its
+//!    final name with its MAC and MTU, so a node interface called `eth0`
+//!    never gets in the way.
 //! 4. Hairpin on the host end, through the bridge-port attributes of an
 //!    `RTM_NEWLINK` (`IFLA_INFO_SLAVE_DATA` / `IFLA_BRPORT_MODE`), not
 //!    through `/sys/class/net/<if>/brport/hairpin_mode`: sysfs shows the
 //!    namespace it was mounted in, which is not always the node's.
 //! 5. Pod side: address, then link up, then the default route (the gateway
 //!    is reachable only once the subnet route exists, which needs both).
+//!
+//! Requests address links by name where the kernel allows it, and values the
+//! result needs (MACs) are chosen by the plan rather than read back: round
+//! trips are most of an ADD's time.
 //!
 //! A failure after step 3 deletes the host end, which takes the pod end
 //! with it, so a failed ADD leaves nothing behind but the shared bridge.
@@ -40,7 +44,7 @@ use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
 use nix::errno::Errno;
@@ -67,18 +71,40 @@ impl Dataplane for NetlinkDataplane {
 
     fn attach(&mut self, plan: &AttachPlan) -> Result<Attached, DataplaneError> {
         let netns = open_netns(&plan.netns)?;
-        let (bridge_mac, host) = with_netlink(|handle| node_side_attach(handle, plan, &netns))?;
-        let pod_side = in_netns(&netns, &plan.netns, |handle| pod_side_attach(handle, plan));
-        match pod_side {
+        // The pod-side thread starts at once and gets its socket ready while
+        // this thread does the node side; it proceeds when told the veth
+        // exists, and gives up if the sender goes away.
+        let (go, wait_for_veth) = std::sync::mpsc::channel::<()>();
+        let (bridge_mac, pod_side) = std::thread::scope(|scope| {
+            let (netns, plan) = (&netns, plan);
+            let pod_worker = scope.spawn(move || -> Option<Result<Mac, DataplaneError>> {
+                let session = enter_netns(netns, &plan.netns).and_then(|()| Session::open());
+                wait_for_veth.recv().ok()?;
+                Some(
+                    session.and_then(|session| session.run(|handle| pod_side_attach(handle, plan))),
+                )
+            });
+            let node_side = with_netlink(|handle| node_side_attach(handle, plan, netns));
+            if node_side.is_ok() {
+                let _ = go.send(());
+            }
+            drop(go);
+            let pod_side = pod_worker
+                .join()
+                .unwrap_or_else(|_| Some(Err(worker_panicked())));
+            (node_side, pod_side)
+        });
+        let bridge_mac = bridge_mac?;
+        match pod_side.unwrap_or_else(|| Err(worker_panicked())) {
             Ok(pod_mac) => Ok(Attached {
                 bridge_mac,
-                host_veth_mac: host.mac,
+                host_veth_mac: plan.host_veth_mac,
                 pod_mac,
             }),
             Err(err) => {
                 // The attach error is the one worth reporting.
                 let _ = with_netlink(|handle| async move {
-                    delete_link(&handle, host.index, &plan.host_veth).await
+                    delete_link_by_name(&handle, &plan.host_veth).await
                 });
                 Err(err)
             }
@@ -148,28 +174,60 @@ fn open_netns(path: &Path) -> Result<File, DataplaneError> {
     })
 }
 
+/// A netlink socket of the namespace the opening thread was in, with the
+/// small event loop that drives it.
+struct Session {
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Session {
+    fn open() -> Result<Session, DataplaneError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|source| DataplaneError::Io {
+                operation: "start the netlink event loop",
+                source,
+            })?;
+        let (connection, handle, _) = {
+            let _context = runtime.enter();
+            rtnetlink::new_connection().map_err(|source| DataplaneError::Io {
+                operation: "open a netlink socket",
+                source,
+            })?
+        };
+        runtime.spawn(connection);
+        Ok(Session { runtime, handle })
+    }
+
+    fn run<T, F, Fut>(&self, work: F) -> Result<T, DataplaneError>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, DataplaneError>>,
+    {
+        self.runtime.block_on(work(self.handle.clone()))
+    }
+}
+
 /// Runs `work` against a netlink socket of the calling thread's namespace.
 fn with_netlink<T, F, Fut>(work: F) -> Result<T, DataplaneError>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, DataplaneError>>,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|source| DataplaneError::Io {
-            operation: "start the netlink event loop",
-            source,
-        })?;
-    runtime.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|source| DataplaneError::Io {
-                operation: "open a netlink socket",
-                source,
-            })?;
-        tokio::spawn(connection);
-        work(handle).await
+    Session::open()?.run(work)
+}
+
+fn enter_netns(netns: &File, path: &Path) -> Result<(), DataplaneError> {
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(|source| DataplaneError::NetnsEnter {
+        path: path.to_path_buf(),
+        source,
     })
+}
+
+fn worker_panicked() -> DataplaneError {
+    DataplaneError::Unexpected("the namespace worker thread panicked".into())
 }
 
 /// Runs `work` on a thread inside `netns`, with a socket opened there.
@@ -182,20 +240,11 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                setns(netns, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    DataplaneError::NetnsEnter {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
+                enter_netns(netns, path)?;
                 with_netlink(work)
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(DataplaneError::Unexpected(
-                    "the namespace worker thread panicked".into(),
-                ))
-            })
+            .unwrap_or_else(|_| Err(worker_panicked()))
     })
 }
 
@@ -211,42 +260,30 @@ fn errno(err: &rtnetlink::Error) -> Option<Errno> {
     }
 }
 
-struct HostEnd {
-    index: u32,
-    mac: Mac,
-}
-
 async fn node_side_attach(
     handle: Handle,
     plan: &AttachPlan,
     netns: &File,
-) -> Result<(Mac, HostEnd), DataplaneError> {
+) -> Result<Mac, DataplaneError> {
     let (bridge_index, bridge_mac) = ensure_bridge(&handle, &plan.bridge).await?;
     ensure_ip_forward()?;
     create_veth(&handle, plan, bridge_index, netns).await?;
-    let host = link_by_name(&handle, &plan.host_veth)
-        .await?
-        .ok_or_else(|| {
-            DataplaneError::Unexpected(format!(
-                "{} vanished right after it was created",
-                plan.host_veth
-            ))
-        })?;
-    let host = HostEnd {
-        index: host.header.index,
-        mac: mac_of(&host),
-    };
     if plan.hairpin {
-        let port = LinkBridgePort::new(host.index).hairpin(true).build();
+        // Addressed by name: no lookup of the new link's index needed.
+        let port = LinkMessageBuilder::<LinkBridgePort>::default()
+            .name(plan.host_veth.clone())
+            .set_port_kind(InfoPortKind::Bridge)
+            .hairpin(true)
+            .build();
         if let Err(err) = handle.link().set_port(port).execute().await {
-            let _ = delete_link(&handle, host.index, &plan.host_veth).await;
+            let _ = delete_link_by_name(&handle, &plan.host_veth).await;
             return Err(netlink_error(format!(
                 "turn on hairpin mode on {}",
                 plan.host_veth
             ))(err));
         }
     }
-    Ok((bridge_mac, host))
+    Ok(bridge_mac)
 }
 
 async fn ensure_bridge(handle: &Handle, spec: &BridgeSpec) -> Result<(u32, Mac), DataplaneError> {
@@ -339,6 +376,7 @@ fn veth_request(plan: &AttachPlan, bridge_index: u32, netns: &File) -> LinkMessa
     LinkVeth::new(&plan.host_veth, &plan.pod_ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .mtu(plan.mtu)
+        .address(plan.host_veth_mac.to_vec())
         .controller(bridge_index)
         .up()
         .build()
@@ -414,6 +452,7 @@ async fn pod_side_attach(handle: Handle, plan: &AttachPlan) -> Result<Mac, Datap
             "add {address} to {}",
             plan.pod_ifname
         )))?;
+    // Not at creation: a veth end cannot come up before its peer exists.
     handle
         .link()
         .change(LinkUnspec::new_with_index(index).up().build())
@@ -518,6 +557,13 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
         Ok(link) => Ok(link),
         Err(err) if errno(&err) == Some(Errno::ENODEV) => Ok(None),
         Err(err) => Err(netlink_error(format!("look up link {name}"))(err)),
+    }
+}
+
+async fn delete_link_by_name(handle: &Handle, name: &str) -> Result<(), DataplaneError> {
+    match link_by_name(handle, name).await? {
+        Some(link) => delete_link(handle, link.header.index, name).await,
+        None => Ok(()),
     }
 }
 

@@ -6,7 +6,9 @@
 //! any saved state, and within the 15-byte limit. The pod end gets the MAC
 //! `0a:58:<IPv4 address>` (locally administered, unicast) and the bridge
 //! `0a:58:<gateway>`: an address handed out again after a DEL keeps mapping
-//! to the same MAC, so neighbours' ARP caches are never wrong.
+//! to the same MAC, so neighbours' ARP caches are never wrong. The host end
+//! gets `0a:59:<pod address>`: unique on the node, and known without asking
+//! the kernel.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -44,6 +46,11 @@ pub fn mac_for(address: Ipv4Addr) -> Mac {
     [0x0a, 0x58, a, b, c, d]
 }
 
+pub fn host_veth_mac_for(pod_address: Ipv4Addr) -> Mac {
+    let [a, b, c, d] = pod_address.octets();
+    [0x0a, 0x59, a, b, c, d]
+}
+
 pub fn format_mac(mac: Mac) -> String {
     mac.iter()
         .map(|byte| format!("{byte:02x}"))
@@ -79,6 +86,7 @@ pub fn attach_plan(
             mtu: conf.mtu,
         },
         host_veth: host_veth_name(&attachment.container_id, &attachment.ifname),
+        host_veth_mac: host_veth_mac_for(address),
         pod_ifname: attachment.ifname.clone(),
         pod_mac: mac_for(address),
         pod_address,
