@@ -861,14 +861,22 @@ impl State {
         }
         let mut keys = Vec::new();
         for pod in old.iter().chain(new.iter()) {
-            for service in self.caches.services.values() {
-                if service.key.namespace == namespace
-                    && service
-                        .selector
-                        .as_ref()
-                        .is_some_and(|s| s.matches(&pod.labels))
+            let first = ServiceKey {
+                namespace: namespace.to_owned(),
+                name: String::new(),
+            };
+            let in_namespace = self
+                .caches
+                .services
+                .range(first..)
+                .take_while(|(key, _)| key.namespace == namespace);
+            for (key, service) in in_namespace {
+                if service
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(&pod.labels))
                 {
-                    keys.push(service.key.clone());
+                    keys.push(key.clone());
                 }
             }
         }
@@ -1169,6 +1177,9 @@ mod tests {
         addresses.iter().map(|a| a.ip.as_str()).collect()
     }
 
+    /// Ready IPs, unready IPs, and (name, port) of one subset.
+    type SubsetSummary<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<(&'a str, i64)>);
+
     #[test]
     fn ready_and_unready_pods_with_named_ports_resolved_per_pod() {
         let http8080 = json!([{"name": "http", "containerPort": 8080}]);
@@ -1182,7 +1193,7 @@ mod tests {
         let subsets = desired_subsets(&web_service(), &pods);
         // http→8080 is offered by a (ready) and b (not ready); http→9000 by
         // c; metrics→9090 by all four. Each distinct address set is a subset.
-        let summary: Vec<(Vec<&str>, Vec<&str>, Vec<(&str, i64)>)> = subsets
+        let summary: Vec<SubsetSummary> = subsets
             .iter()
             .map(|s| {
                 (

@@ -15,7 +15,9 @@
 //!    bound to it and a `Delta` per relevant pod change ([`pods`]), while it
 //!    sends heartbeats and pod status up. The node's pod subnet and overlay
 //!    endpoint ([`network`]) are recorded at registration, and the other
-//!    nodes' overlay endpoints ([`peers`]) are sent with the pods.
+//!    nodes' overlay endpoints ([`peers`]) are sent with the pods, as is
+//!    every Service with its endpoints ([`services`]); pods get their
+//!    service link variables ([`service_env`]) when first sent.
 //!
 //! Ordering rules:
 //! - Nothing is written before the identity and the whole `Hello` are
