@@ -350,132 +350,201 @@ pub fn render_fixed(settings: &NodeSettings, random_fully: bool) -> Ruleset {
     }
 }
 
-/// The whole ruleset for a service table.
-pub fn render(services: &ServiceTable, settings: &NodeSettings, random_fully: bool) -> Ruleset {
-    let mark_masq = format!("-j {MARK_MASQ_CHAIN}");
-    let cidr = settings.cluster_cidr;
-    let mut sep_chains = Vec::new();
-    let mut svc_chains = Vec::new();
-    let mut services_rules = Vec::new();
-    let mut nodeports_rules = Vec::new();
-    let mut reject_rules = Vec::new();
-    let local_matches: Vec<String> = match &settings.node_port_addresses {
+/// What one service contributes: its own SEP and SVC chains (SEP chains
+/// of a port before its SVC chain), and its rules in the shared dispatch
+/// chains. Rendered per service so that the syncer can re-render only the
+/// services that changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// nat chains owned by this service.
+    pub chains: Vec<Chain>,
+    /// Its rules in nat `SKIFF-SERVICES`.
+    pub services_rules: Vec<String>,
+    /// Its rules in nat `SKIFF-NODEPORTS`.
+    pub nodeports_rules: Vec<String>,
+    /// Its rules in filter `SKIFF-SERVICES`.
+    pub reject_rules: Vec<String>,
+}
+
+fn local_matches(settings: &NodeSettings) -> Vec<String> {
+    match &settings.node_port_addresses {
         NodePortAddresses::AllLocal => vec!["-m addrtype --dst-type LOCAL".into()],
         NodePortAddresses::Only(addresses) => {
             addresses.iter().map(|a| format!("-d {a}/32")).collect()
         }
-    };
+    }
+}
 
-    for service in services.services.values() {
-        let Some(vip) = service.cluster_ip else {
-            continue;
-        };
-        for port in &service.ports {
-            let port_name = service_port_name(service, port);
-            let proto = port.protocol.as_str();
-            let endpoints: Vec<&Endpoint> = port.ready_endpoints().collect();
-            if endpoints.is_empty() {
-                reject_rules.push(format!(
-                    "-d {vip}/32 -p {proto} -m comment --comment \"{port_name} has no endpoints\" -m {proto} --dport {} -j REJECT --reject-with icmp-port-unreachable",
-                    port.port
-                ));
-                if let Some(node_port) = port.node_port {
-                    for local in &local_matches {
-                        reject_rules.push(format!(
-                            "-p {proto} -m comment --comment \"{port_name} has no endpoints\" {local} -m {proto} --dport {node_port} -j REJECT --reject-with icmp-port-unreachable"
-                        ));
-                    }
-                }
-                continue;
-            }
-            let svc_chain = svc_chain_name(&port_name, port);
-            services_rules.push(format!(
-                "-d {vip}/32 -p {proto} -m comment --comment \"{port_name} cluster IP\" -m {proto} --dport {} -j {svc_chain}",
+/// The rules of one service.
+pub fn render_service(service: &Service, settings: &NodeSettings) -> ServiceRules {
+    let mut out = ServiceRules::default();
+    let Some(vip) = service.cluster_ip else {
+        return out;
+    };
+    // Formatted once: Display for addresses is slow, and each appears in
+    // several rules.
+    let vip = vip.to_string();
+    let cidr = settings.cluster_cidr.to_string();
+    let local_matches = local_matches(settings);
+    for port in &service.ports {
+        let port_name = service_port_name(service, port);
+        let proto = port.protocol.as_str();
+        let endpoints: Vec<&Endpoint> = port.ready_endpoints().collect();
+        if endpoints.is_empty() {
+            out.reject_rules.push(format!(
+                "-d {vip}/32 -p {proto} -m comment --comment \"{port_name} has no endpoints\" -m {proto} --dport {} -j REJECT --reject-with icmp-port-unreachable",
                 port.port
             ));
             if let Some(node_port) = port.node_port {
-                nodeports_rules.push(format!(
-                    "-p {proto} -m comment --comment \"{port_name}\" -m {proto} --dport {node_port} {mark_masq}"
-                ));
-                nodeports_rules.push(format!(
-                    "-p {proto} -m comment --comment \"{port_name}\" -m {proto} --dport {node_port} -j {svc_chain}"
-                ));
+                for local in &local_matches {
+                    out.reject_rules.push(format!(
+                        "-p {proto} -m comment --comment \"{port_name} has no endpoints\" {local} -m {proto} --dport {node_port} -j REJECT --reject-with icmp-port-unreachable"
+                    ));
+                }
             }
-
-            let sep_names: Vec<String> = endpoints
-                .iter()
-                .map(|endpoint| sep_chain_name(&port_name, port, endpoint))
-                .collect();
-            let mut svc_rules = Vec::with_capacity(endpoints.len() * 2 + 1);
-            svc_rules.push(format!(
-                "! -s {cidr} -d {vip}/32 -p {proto} -m comment --comment \"{port_name} cluster IP\" -m {proto} --dport {} {mark_masq}",
-                port.port
+            continue;
+        }
+        let svc_chain = svc_chain_name(&port_name, port);
+        out.services_rules.push(format!(
+            "-d {vip}/32 -p {proto} -m comment --comment \"{port_name} cluster IP\" -m {proto} --dport {} -j {svc_chain}",
+            port.port
+        ));
+        if let Some(node_port) = port.node_port {
+            out.nodeports_rules.push(format!(
+                "-p {proto} -m comment --comment \"{port_name}\" -m {proto} --dport {node_port} -j {MARK_MASQ_CHAIN}"
             ));
-            if let SessionAffinity::ClientIp { timeout_seconds } = service.affinity {
-                for sep in &sep_names {
-                    svc_rules.push(format!(
-                        "-m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}"
-                    ));
-                }
-            }
-            let count = sep_names.len();
-            for (index, sep) in sep_names.iter().enumerate() {
-                if index + 1 < count {
-                    svc_rules.push(format!(
-                        "-m statistic --mode random --probability {} -j {sep}",
-                        probability(count - index)
-                    ));
-                } else {
-                    svc_rules.push(format!("-j {sep}"));
-                }
-            }
-            svc_chains.push(Chain {
-                name: svc_chain,
-                rules: svc_rules,
-            });
+            out.nodeports_rules.push(format!(
+                "-p {proto} -m comment --comment \"{port_name}\" -m {proto} --dport {node_port} -j {svc_chain}"
+            ));
+        }
 
-            for (endpoint, sep) in endpoints.iter().zip(sep_names) {
-                let recent = match service.affinity {
-                    SessionAffinity::ClientIp { .. } => format!("-m recent --set --name {sep} "),
-                    SessionAffinity::None => String::new(),
-                };
-                let rules = vec![
-                    format!("-s {}/32 {mark_masq}", endpoint.ip),
-                    format!(
-                        "-p {proto} {recent}-m {proto} -j DNAT --to-destination {}:{}",
-                        endpoint.ip, endpoint.port
-                    ),
-                ];
-                sep_chains.push(Chain { name: sep, rules });
+        let endpoint_ips: Vec<String> = endpoints.iter().map(|e| e.ip.to_string()).collect();
+        let sep_names: Vec<String> = endpoints
+            .iter()
+            .zip(&endpoint_ips)
+            .map(|(endpoint, ip)| {
+                format!(
+                    "{SEP_CHAIN_PREFIX}{}",
+                    hash16(&format!(
+                        "{port_name}/{}/{ip}:{}",
+                        port.protocol.as_str(),
+                        endpoint.port
+                    ))
+                )
+            })
+            .collect();
+        let mut svc_rules = Vec::with_capacity(endpoints.len() * 2 + 1);
+        svc_rules.push(format!(
+            "! -s {cidr} -d {vip}/32 -p {proto} -m comment --comment \"{port_name} cluster IP\" -m {proto} --dport {} -j {MARK_MASQ_CHAIN}",
+            port.port
+        ));
+        if let SessionAffinity::ClientIp { timeout_seconds } = service.affinity {
+            for sep in &sep_names {
+                svc_rules.push(format!(
+                    "-m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}"
+                ));
             }
         }
-    }
+        let count = sep_names.len();
+        for (index, sep) in sep_names.iter().enumerate() {
+            if index + 1 < count {
+                svc_rules.push(format!(
+                    "-m statistic --mode random --probability {} -j {sep}",
+                    probability(count - index)
+                ));
+            } else {
+                svc_rules.push(format!("-j {sep}"));
+            }
+        }
 
-    for local in &local_matches {
+        for ((endpoint, ip), sep) in endpoints.iter().zip(&endpoint_ips).zip(sep_names) {
+            let recent = match service.affinity {
+                SessionAffinity::ClientIp { .. } => format!("-m recent --set --name {sep} "),
+                SessionAffinity::None => String::new(),
+            };
+            let rules = vec![
+                format!("-s {ip}/32 -j {MARK_MASQ_CHAIN}"),
+                format!(
+                    "-p {proto} {recent}-m {proto} -j DNAT --to-destination {ip}:{}",
+                    endpoint.port
+                ),
+            ];
+            out.chains.push(Chain { name: sep, rules });
+        }
+        out.chains.push(Chain {
+            name: svc_chain,
+            rules: svc_rules,
+        });
+    }
+    out
+}
+
+/// The dispatch chains built from every service's contribution: nat
+/// `SKIFF-SERVICES` (ending with the jump to `SKIFF-NODEPORTS`), nat
+/// `SKIFF-NODEPORTS`, and filter `SKIFF-SERVICES`.
+pub fn render_dispatch<'a>(
+    services: impl Iterator<Item = &'a ServiceRules> + Clone,
+    settings: &NodeSettings,
+) -> (Chain, Chain, Chain) {
+    let mut services_rules: Vec<String> = services
+        .clone()
+        .flat_map(|s| s.services_rules.iter().cloned())
+        .collect();
+    for local in local_matches(settings) {
         services_rules.push(format!(
             "-m comment --comment \"skiff service nodeports; NOTE: this must be the last rule in this chain\" {local} -j {NODEPORTS_CHAIN}"
         ));
     }
+    let nodeports_rules = services
+        .clone()
+        .flat_map(|s| s.nodeports_rules.iter().cloned())
+        .collect();
+    let reject_rules = services
+        .flat_map(|s| s.reject_rules.iter().cloned())
+        .collect();
+    (
+        Chain {
+            name: SERVICES_CHAIN.into(),
+            rules: services_rules,
+        },
+        Chain {
+            name: NODEPORTS_CHAIN.into(),
+            rules: nodeports_rules,
+        },
+        Chain {
+            name: SERVICES_CHAIN.into(),
+            rules: reject_rules,
+        },
+    )
+}
 
+/// Puts per-service rules, dispatch chains and fixed chains together into
+/// a whole ruleset, in write order.
+pub fn assemble<'a>(
+    services: impl Iterator<Item = &'a ServiceRules> + Clone,
+    settings: &NodeSettings,
+    random_fully: bool,
+) -> Ruleset {
+    let (nat_services, nodeports, filter_services) = render_dispatch(services.clone(), settings);
+    let mut nat: Vec<Chain> = services.flat_map(|s| s.chains.iter().cloned()).collect();
+    nat.push(nodeports);
+    nat.push(nat_services);
     let fixed = render_fixed(settings, random_fully);
-    let mut nat = sep_chains;
-    nat.extend(svc_chains);
-    nat.push(Chain {
-        name: NODEPORTS_CHAIN.into(),
-        rules: nodeports_rules,
-    });
-    nat.push(Chain {
-        name: SERVICES_CHAIN.into(),
-        rules: services_rules,
-    });
     nat.extend(fixed.nat.chains);
-    let mut filter = vec![Chain {
-        name: SERVICES_CHAIN.into(),
-        rules: reject_rules,
-    }];
+    let mut filter = vec![filter_services];
     filter.extend(fixed.filter.chains);
     Ruleset {
         nat: TableRules { chains: nat },
         filter: TableRules { chains: filter },
     }
+}
+
+/// The whole ruleset for a service table.
+pub fn render(services: &ServiceTable, settings: &NodeSettings, random_fully: bool) -> Ruleset {
+    let rendered: Vec<ServiceRules> = services
+        .services
+        .values()
+        .map(|service| render_service(service, settings))
+        .collect();
+    assemble(rendered.iter(), settings, random_fully)
 }

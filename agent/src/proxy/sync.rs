@@ -29,14 +29,17 @@
 //! thread (`tokio::task::spawn_blocking`) in async code.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use super::conntrack::{conntrack_flushes, Conntrack};
-use super::render::{all_jumps, render, Chain, JumpRule, NodeSettings, Ruleset, CHAIN_PREFIX};
-use super::service::ServiceTable;
+use super::render::{
+    all_jumps, render_dispatch, render_fixed, render_service, Chain, JumpRule, NodeSettings,
+    Ruleset, ServiceRules, CHAIN_PREFIX,
+};
+use super::service::{Service, ServiceKey, ServiceTable};
 use super::ProxyError;
 use crate::iptables::{ensure_rule, remove_rule, saved_chain_names, Iptables, Table};
 
@@ -70,13 +73,6 @@ pub struct SyncReport {
     pub conntrack_flushes: usize,
 }
 
-/// What the kernel holds, as far as this syncer wrote it.
-#[derive(Debug)]
-struct Applied {
-    chain_hashes: HashMap<(Table, String), u64>,
-    services: ServiceTable,
-    last_full_sync: Instant,
-}
 
 /// The restore inputs of one sync, and what they write.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -115,34 +111,6 @@ pub fn restore_input(table: Table, written: &[&Chain], deleted: &[String]) -> St
     }
     input.push_str("COMMIT\n");
     input
-}
-
-/// Plans a partial sync: only chains whose hash changed, and the removal of
-/// chains no longer rendered.
-pub fn plan_partial(desired: &Ruleset, applied: &HashMap<(Table, String), u64>) -> RestorePlan {
-    let mut plan = RestorePlan::default();
-    for table in Table::ALL {
-        let chains = &desired.table(table).chains;
-        let written: Vec<&Chain> = chains
-            .iter()
-            .filter(|chain| applied.get(&(table, chain.name.clone())) != Some(&chain_hash(chain)))
-            .collect();
-        let desired_names: HashSet<&str> = chains.iter().map(|c| c.name.as_str()).collect();
-        let mut deleted: Vec<String> = applied
-            .keys()
-            .filter(|(t, name)| *t == table && !desired_names.contains(name.as_str()))
-            .map(|(_, name)| name.clone())
-            .collect();
-        deleted.sort();
-        if written.is_empty() && deleted.is_empty() {
-            continue;
-        }
-        plan.chains_written += written.len();
-        plan.chains_deleted += deleted.len();
-        plan.inputs
-            .push((table, restore_input(table, &written, &deleted)));
-    }
-    plan
 }
 
 /// Plans a full sync: every chain, and the removal of our chains that the
@@ -208,7 +176,57 @@ pub fn ensure_jumps(iptables: &dyn Iptables, jumps: &[JumpRule]) -> Result<(), P
     Ok(())
 }
 
+/// One service as last rendered, with the hash of each of its chains.
+#[derive(Debug)]
+struct RenderedService {
+    service: Service,
+    rules: ServiceRules,
+    hashes: Vec<u64>,
+}
+
+impl RenderedService {
+    fn new(service: &Service, settings: &NodeSettings) -> Self {
+        let rules = render_service(service, settings);
+        let hashes = rules.chains.iter().map(chain_hash).collect();
+        RenderedService {
+            service: service.clone(),
+            rules,
+            hashes,
+        }
+    }
+
+    fn chains(&self) -> impl Iterator<Item = (&Chain, u64)> {
+        self.rules.chains.iter().zip(self.hashes.iter().copied())
+    }
+}
+
+/// What the kernel holds, as far as this syncer wrote it.
+#[derive(Debug)]
+struct Applied {
+    services: BTreeMap<ServiceKey, RenderedService>,
+    /// The dispatch and fixed chains.
+    shared_hashes: HashMap<(Table, String), u64>,
+    last_full_sync: Instant,
+}
+
+/// The services of one sync: all of them rendered (unchanged ones reused
+/// from the last sync), and which changed since.
+struct Rendering {
+    services: BTreeMap<ServiceKey, RenderedService>,
+    /// Changed or added services, with what was applied for them before.
+    changed: Vec<(ServiceKey, Option<RenderedService>)>,
+    /// Services gone since the last sync.
+    removed: Vec<RenderedService>,
+    /// Dispatch and fixed chains, per table.
+    shared: Vec<(Table, Chain, u64)>,
+}
+
 /// Keeps the kernel's rules in line with the service table.
+///
+/// Services are rendered one by one and cached with the hashes of their
+/// chains, so a sync re-renders only the services that changed; the
+/// dispatch chains are rebuilt from the cached pieces every time and
+/// written only when their hash changed.
 #[derive(Debug)]
 pub struct Syncer {
     settings: NodeSettings,
@@ -229,10 +247,52 @@ impl Syncer {
         &self.settings
     }
 
-    /// Makes the next sync a full one (after the node's settings or the
-    /// host's rules changed under us).
+    /// Makes the next sync a full one (after the host's rules changed under
+    /// us, say).
     pub fn request_full_sync(&mut self) {
         self.applied = None;
+    }
+
+    fn render(
+        &self,
+        services: &ServiceTable,
+        mut previous: BTreeMap<ServiceKey, RenderedService>,
+        random_fully: bool,
+    ) -> Rendering {
+        let mut rendered = BTreeMap::new();
+        let mut changed = Vec::new();
+        for (key, service) in &services.services {
+            match previous.remove(key) {
+                Some(old) if old.service == *service => {
+                    rendered.insert(key.clone(), old);
+                }
+                old => {
+                    rendered.insert(key.clone(), RenderedService::new(service, &self.settings));
+                    changed.push((key.clone(), old));
+                }
+            }
+        }
+        let (nat_services, nodeports, filter_services) =
+            render_dispatch(rendered.values().map(|r| &r.rules), &self.settings);
+        let fixed = render_fixed(&self.settings, random_fully);
+        let mut shared = Vec::new();
+        for chain in [nodeports, nat_services]
+            .into_iter()
+            .chain(fixed.nat.chains)
+        {
+            let hash = chain_hash(&chain);
+            shared.push((Table::Nat, chain, hash));
+        }
+        for chain in std::iter::once(filter_services).chain(fixed.filter.chains) {
+            let hash = chain_hash(&chain);
+            shared.push((Table::Filter, chain, hash));
+        }
+        Rendering {
+            services: rendered,
+            changed,
+            removed: previous.into_values().collect(),
+            shared,
+        }
     }
 
     /// Brings the kernel in line with `services`.
@@ -243,53 +303,71 @@ impl Syncer {
         services: &ServiceTable,
         now: Instant,
     ) -> Result<SyncReport, ProxyError> {
-        let desired = render(services, &self.settings, iptables.supports_random_fully());
         let previous = self.applied.take();
         let due_for_full = previous.as_ref().is_none_or(|a| {
             now.saturating_duration_since(a.last_full_sync) >= self.config.full_resync_period
         });
+        let (old_services, shared_hashes, last_full_sync) = match previous {
+            Some(a) => (a.services, Some(a.shared_hashes), Some(a.last_full_sync)),
+            None => (BTreeMap::new(), None, None),
+        };
+        let rendering = self.render(services, old_services, iptables.supports_random_fully());
 
-        let mut report = match (&previous, due_for_full) {
-            (Some(applied), false) => {
-                let plan = plan_partial(&desired, &applied.chain_hashes);
-                match apply_plan(iptables, &plan) {
-                    Ok(()) => Some(SyncReport {
+        let mut report = None;
+        if let (Some(shared_hashes), false) = (&shared_hashes, due_for_full) {
+            let plan = plan_changes(&rendering, shared_hashes);
+            match apply_plan(iptables, &plan) {
+                Ok(()) => {
+                    report = Some(SyncReport {
                         kind: SyncKind::Partial,
                         fell_back_to_full: false,
                         chains_written: plan.chains_written,
                         chains_deleted: plan.chains_deleted,
                         conntrack_flushes: 0,
-                    }),
-                    Err(error) => {
-                        tracing::warn!(%error, "partial iptables sync failed; falling back to a full sync");
-                        None
-                    }
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "partial iptables sync failed; falling back to a full sync");
                 }
             }
-            _ => None,
-        };
-        let last_full_sync = match (&report, &previous) {
-            (Some(_), Some(applied)) => applied.last_full_sync,
+        }
+        let (mut report, last_full_sync) = match (report, last_full_sync) {
+            (Some(report), Some(last)) => (report, last),
             _ => {
-                let fell_back = previous.is_some() && !due_for_full;
-                let plan = self.full_plan(iptables, &desired)?;
+                let ruleset = assemble_rendering(&rendering);
+                let mut existing = HashMap::new();
+                for table in Table::ALL {
+                    existing.insert(table, saved_chain_names(&iptables.save(table)?));
+                }
+                let plan = plan_full(&ruleset, &existing);
                 apply_plan(iptables, &plan)?;
                 ensure_jumps(iptables, &all_jumps())?;
-                report = Some(SyncReport {
+                let report = SyncReport {
                     kind: SyncKind::Full,
-                    fell_back_to_full: fell_back,
+                    fell_back_to_full: shared_hashes.is_some() && !due_for_full,
                     chains_written: plan.chains_written,
                     chains_deleted: plan.chains_deleted,
                     conntrack_flushes: 0,
-                });
-                now
+                };
+                (report, now)
             }
         };
-        let mut report = report.ok_or(ProxyError::Internal("sync produced no report"))?;
 
-        let empty = ServiceTable::default();
-        let old_services = previous.as_ref().map_or(&empty, |a| &a.services);
-        for flush in conntrack_flushes(old_services, services) {
+        // Only changed and removed services can call for a flush.
+        let mut old_table = ServiceTable::default();
+        let mut new_table = ServiceTable::default();
+        for (key, old) in &rendering.changed {
+            if let Some(old) = old {
+                old_table.insert(old.service.clone());
+            }
+            if let Some(new) = rendering.services.get(key) {
+                new_table.insert(new.service.clone());
+            }
+        }
+        for removed in &rendering.removed {
+            old_table.insert(removed.service.clone());
+        }
+        for flush in conntrack_flushes(&old_table, &new_table) {
             match conntrack.flush(&flush) {
                 Ok(()) => report.conntrack_flushes += 1,
                 Err(error) => {
@@ -298,35 +376,96 @@ impl Syncer {
             }
         }
 
-        let chain_hashes = Table::ALL
-            .iter()
-            .flat_map(|&table| {
-                desired
-                    .table(table)
-                    .chains
-                    .iter()
-                    .map(move |chain| ((table, chain.name.clone()), chain_hash(chain)))
-            })
-            .collect();
         self.applied = Some(Applied {
-            chain_hashes,
-            services: services.clone(),
+            shared_hashes: rendering
+                .shared
+                .iter()
+                .map(|(table, chain, hash)| ((*table, chain.name.clone()), *hash))
+                .collect(),
+            services: rendering.services,
             last_full_sync,
         });
         Ok(report)
     }
+}
 
-    fn full_plan(
-        &self,
-        iptables: &dyn Iptables,
-        desired: &Ruleset,
-    ) -> Result<RestorePlan, ProxyError> {
-        let mut existing = HashMap::new();
-        for table in Table::ALL {
-            existing.insert(table, saved_chain_names(&iptables.save(table)?));
-        }
-        Ok(plan_full(desired, &existing))
+fn assemble_rendering(rendering: &Rendering) -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for rendered in rendering.services.values() {
+        ruleset
+            .nat
+            .chains
+            .extend(rendered.rules.chains.iter().cloned());
     }
+    for (table, chain, _) in &rendering.shared {
+        match table {
+            Table::Nat => ruleset.nat.chains.push(chain.clone()),
+            Table::Filter => ruleset.filter.chains.push(chain.clone()),
+        }
+    }
+    ruleset
+}
+
+/// Plans a partial sync: the chains of changed services whose content
+/// changed, shared chains whose hash changed, and the deletion of chains
+/// that changed services no longer have or removed services had.
+fn plan_changes(
+    rendering: &Rendering,
+    shared_hashes: &HashMap<(Table, String), u64>,
+) -> RestorePlan {
+    let mut written: Vec<&Chain> = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
+    for (key, old) in &rendering.changed {
+        let Some(new) = rendering.services.get(key) else {
+            continue;
+        };
+        let old_chains: HashMap<&str, u64> = old
+            .iter()
+            .flat_map(|o| o.chains())
+            .map(|(chain, hash)| (chain.name.as_str(), hash))
+            .collect();
+        for (chain, hash) in new.chains() {
+            if old_chains.get(chain.name.as_str()) != Some(&hash) {
+                written.push(chain);
+            }
+        }
+        let new_names: HashSet<&str> = new.rules.chains.iter().map(|c| c.name.as_str()).collect();
+        deleted.extend(
+            old_chains
+                .keys()
+                .filter(|name| !new_names.contains(*name))
+                .map(|name| name.to_string()),
+        );
+    }
+    for removed in &rendering.removed {
+        deleted.extend(removed.rules.chains.iter().map(|c| c.name.clone()));
+    }
+    deleted.sort();
+    deleted.dedup();
+
+    let mut plan = RestorePlan::default();
+    for table in Table::ALL {
+        let mut table_written: Vec<&Chain> = if table == Table::Nat {
+            written.clone()
+        } else {
+            Vec::new()
+        };
+        // Dispatch chains after the per-service chains they jump to.
+        for (t, chain, hash) in &rendering.shared {
+            if *t == table && shared_hashes.get(&(table, chain.name.clone())) != Some(hash) {
+                table_written.push(chain);
+            }
+        }
+        let table_deleted: &[String] = if table == Table::Nat { &deleted } else { &[] };
+        if table_written.is_empty() && table_deleted.is_empty() {
+            continue;
+        }
+        plan.chains_written += table_written.len();
+        plan.chains_deleted += table_deleted.len();
+        plan.inputs
+            .push((table, restore_input(table, &table_written, table_deleted)));
+    }
+    plan
 }
 
 fn apply_plan(iptables: &dyn Iptables, plan: &RestorePlan) -> Result<(), ProxyError> {

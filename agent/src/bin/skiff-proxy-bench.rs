@@ -1,0 +1,221 @@
+//! Measures the service proxy at scale: rendering the rules for N services
+//! with M endpoints each, a full apply with `iptables-restore` in a
+//! throwaway network namespace, and one endpoint change applied by a
+//! partial sync. Run as root, built with `--release`.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use skiff_agent::iptables::{Backend, CommandIptables, Iptables, Table};
+use skiff_agent::proxy::render::render;
+use skiff_agent::proxy::service::{
+    Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType, SessionAffinity,
+};
+use skiff_agent::proxy::sync::plan_full;
+use skiff_agent::proxy::{
+    cleanup, CommandConntrack, NodeSettings, ServiceTable, SyncConfig, SyncKind, Syncer,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks the agent's iptables service proxy")]
+struct Options {
+    #[arg(long, default_value_t = 10_000)]
+    services: u32,
+    #[arg(long, default_value_t = 5)]
+    endpoints: u32,
+    /// Rendering runs (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    render_runs: usize,
+    /// Endpoint changes applied one at a time by partial syncs.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// iptables backend: detect (as the agent does), nft or legacy.
+    #[arg(long, default_value = "detect")]
+    backend: String,
+}
+
+fn address(base: [u8; 2], index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(base[0], base[1], (index >> 8) as u8, index as u8)
+}
+
+fn table(services: u32, endpoints: u32) -> ServiceTable {
+    let mut table = ServiceTable::default();
+    for s in 0..services {
+        let endpoints = (0..endpoints)
+            .map(|e| Endpoint {
+                // 10.244.0.0/16 holds 65,536 pod addresses; wrap around.
+                ip: address([10, 244], (s * endpoints + e) % 65_536),
+                port: 8080,
+                ready: true,
+            })
+            .collect();
+        table.insert(Service {
+            key: ServiceKey {
+                namespace: format!("ns-{}", s % 100),
+                name: format!("svc-{s}"),
+            },
+            kind: if s % 10 == 0 {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIp
+            },
+            cluster_ip: Some(address([10, 96], s + 1)),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: (s % 10 == 0).then(|| 30000 + (s / 10) as u16 % 2768),
+                endpoints,
+            }],
+            affinity: SessionAffinity::None,
+        });
+    }
+    table
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    let settings = NodeSettings::new("10.244.0.0/16".parse().context("cidr")?);
+    let services = table(options.services, options.endpoints);
+
+    let mut render_times = Vec::new();
+    let mut ruleset = render(&services, &settings, true);
+    for _ in 0..options.render_runs {
+        let start = Instant::now();
+        ruleset = render(&services, &settings, true);
+        render_times.push(start.elapsed());
+    }
+    let rules: usize = Table::ALL
+        .iter()
+        .flat_map(|t| ruleset.table(*t).chains.iter())
+        .map(|c| c.rules.len())
+        .sum();
+    let chains: usize = Table::ALL
+        .iter()
+        .map(|t| ruleset.table(*t).chains.len())
+        .sum();
+    let start = Instant::now();
+    let plan = plan_full(&ruleset, &Default::default());
+    let plan_time = start.elapsed();
+    let input_bytes: usize = plan.inputs.iter().map(|(_, i)| i.len()).sum();
+    println!(
+        "ruleset: {} services x {} endpoints = {chains} chains, {rules} rules, {:.1} MB of restore input",
+        options.services,
+        options.endpoints,
+        input_bytes as f64 / 1e6
+    );
+    println!(
+        "render: median {} (min {}, {} runs); restore input: {}",
+        ms(median(render_times.clone())),
+        ms(*render_times.iter().min().context("runs")?),
+        render_times.len(),
+        ms(plan_time)
+    );
+
+    let name = format!("skiff-proxy-bench-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()?
+        .success()
+    {
+        bail!("ip netns add {name} failed (run as root)");
+    }
+    let netns = Netns(name);
+    let prefix = vec![
+        "nsenter".to_owned(),
+        format!("--net=/run/netns/{}", netns.0),
+    ];
+    let iptables = match options.backend.as_str() {
+        "detect" => CommandIptables::detect(prefix.clone()),
+        "nft" => CommandIptables::with_backend(prefix.clone(), Backend::Nft, true),
+        "legacy" => CommandIptables::with_backend(prefix.clone(), Backend::Legacy, true),
+        other => bail!("--backend {other}: expected detect, nft or legacy"),
+    };
+    let conntrack = CommandConntrack::new(prefix);
+    println!("backend: {:?}", iptables.backend());
+
+    // The restore alone, then the whole full sync (save, restore, jumps).
+    let mut restore_times = Vec::new();
+    for (table, input) in &plan.inputs {
+        let start = Instant::now();
+        iptables.restore(*table, input)?;
+        restore_times.push((table, start.elapsed()));
+    }
+    let restore_total: Duration = restore_times.iter().map(|(_, d)| *d).sum();
+    println!(
+        "full iptables-restore: {} ({})",
+        ms(restore_total),
+        restore_times
+            .iter()
+            .map(|(t, d)| format!("{t} {}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut syncer = Syncer::new(settings, SyncConfig::default());
+    let start = Instant::now();
+    let report = syncer.sync(&iptables, &conntrack, &services, Instant::now())?;
+    println!(
+        "full sync over existing rules (render, save, restore, jumps): {} ({} chains written)",
+        ms(start.elapsed()),
+        report.chains_written
+    );
+
+    let mut changed = services.clone();
+    let mut change_times = Vec::new();
+    for change in 0..options.changes {
+        let key = changed
+            .services
+            .keys()
+            .nth(change * 37 % changed.services.len())
+            .cloned()
+            .context("a service")?;
+        if let Some(service) = changed.services.get_mut(&key) {
+            service.ports[0].endpoints[0].ip = address([10, 245], change as u32);
+        }
+        let start = Instant::now();
+        let report = syncer.sync(&iptables, &conntrack, &changed, Instant::now())?;
+        change_times.push(start.elapsed());
+        if report.kind != SyncKind::Partial
+            || report.chains_written != 2
+            || report.chains_deleted != 1
+        {
+            bail!("expected a partial sync of one SVC and one SEP chain, got {report:?}");
+        }
+    }
+    println!(
+        "one endpoint change (partial sync: render, diff, restore of 2 chains + 1 deletion): median {}, max {} ({} changes)",
+        ms(median(change_times.clone())),
+        ms(*change_times.iter().max().context("changes")?),
+        change_times.len()
+    );
+
+    let start = Instant::now();
+    cleanup(&iptables)?;
+    println!("cleanup: {}", ms(start.elapsed()));
+    for table in Table::ALL {
+        if iptables.save(table)?.contains("SKIFF-") {
+            bail!("cleanup left SKIFF- chains in {table}");
+        }
+    }
+    Ok(())
+}
