@@ -416,6 +416,19 @@ fn a_silent_node_turns_unknown_is_tainted_and_its_replicas_move() {
         nodes_of(&live_pods(&k, "app=web"))
     );
 
+    let events = k.get_json(&["events"]);
+    assert!(
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["reason"] == "TaintManagerEviction"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Marking for deletion Pod default/web-"))),
+        "no eviction event: {events:#}"
+    );
+
     // The node comes back: Ready again, the taints go, and its evicted
     // pods finish terminating.
     let back = start_node(&address, "sim-lost");

@@ -34,6 +34,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use skiff_store::StoreError;
 
+use super::events::{EventRecord, EventRecorder, EventType, InvolvedObject};
 use super::watchcache::{self, Action, Change, Informer, Reconciler};
 use crate::api::errors::ApiError;
 use crate::api::objects::str_at;
@@ -98,12 +99,56 @@ fn rfc3339(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Decides the node's health, conditions and taints at `now`.
-pub fn plan_node(node: &Value, now: Timestamp, grace: Duration) -> NodePlan {
-    let ready = ready_condition(node);
-    let probe = timestamp(ready.and_then(|c| c.get("lastHeartbeatTime")))
+/// The node's own word on when it last reported: the Ready condition's
+/// `lastHeartbeatTime`, or before any report its creation.
+pub fn reported_probe(node: &Value) -> Option<Timestamp> {
+    timestamp(ready_condition(node).and_then(|c| c.get("lastHeartbeatTime")))
         .or_else(|| timestamp(node.pointer("/metadata/creationTimestamp")))
-        .unwrap_or(now);
+}
+
+/// When the controller last saw each node's heartbeat move, on its own
+/// clock, as Kubernetes keeps it: a control plane that was down longer
+/// than the grace period, or a skewed clock, must not make every node look
+/// silent the moment it starts.
+#[derive(Debug, Default)]
+pub struct ProbeTimes {
+    seen: HashMap<String, (Option<String>, Timestamp)>,
+}
+
+impl ProbeTimes {
+    /// Records the node's current heartbeat and returns when it last
+    /// changed, as first seen at `now`.
+    pub fn observe(&mut self, node: &Value, now: Timestamp) -> Timestamp {
+        let name = str_at(node, "/metadata/name").unwrap_or_default();
+        let heartbeat = ready_condition(node)
+            .and_then(|c| c.get("lastHeartbeatTime"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match self.seen.get(name) {
+            Some((known, since)) if *known == heartbeat => *since,
+            _ => {
+                // A node seen for the first time counts from its creation
+                // if that is recent, and from now otherwise.
+                let since = if self.seen.contains_key(name) || heartbeat.is_some() {
+                    now
+                } else {
+                    reported_probe(node).map_or(now, |created| created.min(now))
+                };
+                self.seen.insert(name.to_owned(), (heartbeat, since));
+                since
+            }
+        }
+    }
+
+    pub fn forget(&mut self, node: &str) {
+        self.seen.remove(node);
+    }
+}
+
+/// Decides the node's health, conditions and taints at `now`, given when
+/// its heartbeat was last seen to move (`probe`).
+pub fn plan_node(node: &Value, probe: Timestamp, now: Timestamp, grace: Duration) -> NodePlan {
+    let ready = ready_condition(node);
     let expires = probe + SignedDuration::try_from(grace).unwrap_or(SignedDuration::ZERO);
     let stale = now >= expires;
     let reported = ready
@@ -309,14 +354,18 @@ pub struct NodeLifecycleController {
     grace: Duration,
     /// Nodes pods are bound to but that do not exist, since when.
     missing_since: Mutex<HashMap<String, Timestamp>>,
+    probes: Mutex<ProbeTimes>,
+    evictions: EventRecorder,
 }
 
 impl NodeLifecycleController {
     pub fn new(registry: Arc<Registry>, grace: Duration) -> NodeLifecycleController {
         NodeLifecycleController {
+            evictions: EventRecorder::new(registry.clone(), "taint-eviction-controller"),
             registry,
             grace,
             missing_since: Mutex::new(HashMap::new()),
+            probes: Mutex::new(ProbeTimes::default()),
         }
     }
 
@@ -498,10 +547,19 @@ impl Reconciler for NodeLifecycleController {
     ) -> Result<Action, NodeLifecycleError> {
         let node_key = info("", "nodes")?.key(None, key);
         let Some(mut node) = informer.get(NODES, &node_key).cloned() else {
+            self.probes
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .forget(key);
             return self.collect_orphans(key, informer, now).await;
         };
         self.forget_missing(key);
-        let plan = plan_node(&node, now, self.grace);
+        let probe = self
+            .probes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .observe(&node, now);
+        let plan = plan_node(&node, probe, now, self.grace);
         if let Some(taints) = &plan.taints {
             tracing::info!(node = %key, health = ?plan.health, "updating the node's condition taints");
             let mut updated = node.clone();
@@ -590,6 +648,18 @@ impl Reconciler for NodeLifecycleController {
                         "evicting a pod that does not tolerate the node's NoExecute taint"
                     );
                     self.delete_pod(informer, &pod, None).await?;
+                    self.evictions
+                        .emit(EventRecord {
+                            involved: InvolvedObject::of(&pod),
+                            event_type: EventType::Normal,
+                            reason: "TaintManagerEviction".into(),
+                            message: format!(
+                                "Marking for deletion Pod {}/{}",
+                                str_at(&pod, "/metadata/namespace").unwrap_or_default(),
+                                str_at(&pod, "/metadata/name").unwrap_or_default()
+                            ),
+                        })
+                        .await;
                 }
                 Eviction::At(at) => {
                     let wait = to_std(at.duration_since(now)).max(Duration::from_millis(100));
@@ -609,6 +679,47 @@ mod tests {
         text.parse().expect("timestamp")
     }
 
+    /// Plans with the node's own heartbeat time as the probe time.
+    fn plan_reported(node: &Value, now: Timestamp, grace: Duration) -> NodePlan {
+        plan_node(node, reported_probe(node).unwrap_or(now), now, grace)
+    }
+
+    #[test]
+    fn probe_times_run_on_the_controllers_clock() {
+        let mut probes = ProbeTimes::default();
+        // Stale when first seen (say, after a control plane restart): the
+        // grace period starts now, not at the old heartbeat.
+        let old = node("True", "2025-01-01T00:00:00Z", json!([]));
+        assert_eq!(
+            probes.observe(&old, at("2025-01-01T01:00:00Z")),
+            at("2025-01-01T01:00:00Z")
+        );
+        assert_eq!(
+            probes.observe(&old, at("2025-01-01T01:00:30Z")),
+            at("2025-01-01T01:00:00Z")
+        );
+        let plan = plan_node(
+            &old,
+            at("2025-01-01T01:00:00Z"),
+            at("2025-01-01T01:00:30Z"),
+            DEFAULT_GRACE_PERIOD,
+        );
+        assert_eq!(plan.health, Health::Ready);
+        // A new heartbeat moves the probe to when it was seen.
+        let renewed = node("True", "2025-01-01T00:00:10Z", json!([]));
+        assert_eq!(
+            probes.observe(&renewed, at("2025-01-01T01:00:40Z")),
+            at("2025-01-01T01:00:40Z")
+        );
+        // A node that never reported counts from its (recent) creation.
+        let fresh =
+            json!({"metadata": {"name": "new", "creationTimestamp": "2025-01-01T01:00:35Z"}});
+        assert_eq!(
+            probes.observe(&fresh, at("2025-01-01T01:00:40Z")),
+            at("2025-01-01T01:00:35Z")
+        );
+    }
+
     fn node(ready: &str, heartbeat: &str, taints: Value) -> Value {
         json!({"metadata": {"name": "n1", "creationTimestamp": "2025-01-01T00:00:00Z"},
             "spec": {"taints": taints},
@@ -621,7 +732,7 @@ mod tests {
 
     #[test]
     fn a_fresh_ready_node_is_left_alone_and_rechecked_when_its_heartbeat_expires() {
-        let plan = plan_node(
+        let plan = plan_reported(
             &node("True", "2025-01-01T00:01:00Z", json!([])),
             at("2025-01-01T00:01:10Z"),
             DEFAULT_GRACE_PERIOD,
@@ -635,7 +746,7 @@ mod tests {
     #[test]
     fn silence_past_the_grace_period_makes_conditions_unknown_and_taints_unreachable() {
         let user_taint = json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"});
-        let plan = plan_node(
+        let plan = plan_reported(
             &node("True", "2025-01-01T00:01:00Z", json!([user_taint])),
             at("2025-01-01T00:01:40Z"),
             DEFAULT_GRACE_PERIOD,
@@ -663,7 +774,7 @@ mod tests {
         // Already marked: nothing more to write.
         let mut marked = node("Unknown", "2025-01-01T00:01:00Z", Value::Array(taints));
         marked["status"]["conditions"] = Value::Array(conditions);
-        let again = plan_node(&marked, at("2025-01-01T00:02:00Z"), DEFAULT_GRACE_PERIOD);
+        let again = plan_reported(&marked, at("2025-01-01T00:02:00Z"), DEFAULT_GRACE_PERIOD);
         assert_eq!((again.conditions, again.taints), (None, None));
     }
 
@@ -673,7 +784,7 @@ mod tests {
             {"key": TAINT_UNREACHABLE, "effect": "NoSchedule"},
             {"key": TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": "2025-01-01T00:00:00Z"},
         ]);
-        let plan = plan_node(
+        let plan = plan_reported(
             &node("False", "2025-01-01T00:01:00Z", unreachable.clone()),
             at("2025-01-01T00:01:05Z"),
             DEFAULT_GRACE_PERIOD,
@@ -686,7 +797,7 @@ mod tests {
         );
         assert_eq!(taints.len(), 2);
 
-        let back = plan_node(
+        let back = plan_reported(
             &node("True", "2025-01-01T00:01:00Z", unreachable),
             at("2025-01-01T00:01:05Z"),
             DEFAULT_GRACE_PERIOD,
@@ -698,10 +809,10 @@ mod tests {
     #[test]
     fn a_node_that_never_reported_counts_from_its_creation() {
         let fresh = json!({"metadata": {"name": "n", "creationTimestamp": "2025-01-01T00:00:00Z"}});
-        let plan = plan_node(&fresh, at("2025-01-01T00:00:10Z"), DEFAULT_GRACE_PERIOD);
+        let plan = plan_reported(&fresh, at("2025-01-01T00:00:10Z"), DEFAULT_GRACE_PERIOD);
         assert_eq!(plan.health, Health::NotReady);
         assert_eq!(plan.conditions, None);
-        let late = plan_node(&fresh, at("2025-01-01T00:01:00Z"), DEFAULT_GRACE_PERIOD);
+        let late = plan_reported(&fresh, at("2025-01-01T00:01:00Z"), DEFAULT_GRACE_PERIOD);
         assert_eq!(late.health, Health::Unknown);
         let conditions = late.conditions.expect("conditions");
         assert_eq!(conditions[0]["reason"], "NodeStatusNeverUpdated");
