@@ -115,9 +115,9 @@ fn main() -> anyhow::Result<()> {
         .map(|t| ruleset.table(*t).chains.len())
         .sum();
     let start = Instant::now();
-    let plan = plan_full(&ruleset, &Default::default());
+    let unchunked = plan_full(&ruleset, &Default::default(), None);
     let plan_time = start.elapsed();
-    let input_bytes: usize = plan.inputs.iter().map(|(_, i)| i.len()).sum();
+    let input_bytes: usize = unchunked.inputs.iter().map(|(_, i)| i.len()).sum();
     println!(
         "ruleset: {} services x {} endpoints = {chains} chains, {rules} rules, {:.1} MB of restore input",
         options.services,
@@ -152,26 +152,39 @@ fn main() -> anyhow::Result<()> {
         other => bail!("--backend {other}: expected detect, nft or legacy"),
     };
     let conntrack = CommandConntrack::new(prefix);
-    println!("backend: {:?}", iptables.backend());
+    let config = SyncConfig::for_backend(iptables.backend());
+    println!(
+        "backend: {:?}, chains per restore: {:?}",
+        iptables.backend(),
+        config.max_chains_per_restore
+    );
+    let plan = plan_full(&ruleset, &Default::default(), config.max_chains_per_restore);
 
     // The restore alone, then the whole full sync (save, restore, jumps).
     let mut restore_times = Vec::new();
     for (table, input) in &plan.inputs {
         let start = Instant::now();
         iptables.restore(*table, input)?;
-        restore_times.push((table, start.elapsed()));
+        restore_times.push((*table, start.elapsed()));
     }
-    let restore_total: Duration = restore_times.iter().map(|(_, d)| *d).sum();
-    println!(
-        "full iptables-restore: {} ({})",
-        ms(restore_total),
+    let total = |table: Table| -> Duration {
         restore_times
             .iter()
-            .map(|(t, d)| format!("{t} {}", ms(*d)))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .filter(|(t, _)| *t == table)
+            .map(|(_, d)| *d)
+            .sum()
+    };
+    println!(
+        "full apply with iptables-restore into an empty netns: {} (nat {} in {} inputs, filter {})",
+        ms(total(Table::Nat) + total(Table::Filter)),
+        ms(total(Table::Nat)),
+        restore_times
+            .iter()
+            .filter(|(t, _)| *t == Table::Nat)
+            .count(),
+        ms(total(Table::Filter))
     );
-    let mut syncer = Syncer::new(settings, SyncConfig::default());
+    let mut syncer = Syncer::new(settings, config);
     let start = Instant::now();
     let report = syncer.sync(&iptables, &conntrack, &services, Instant::now())?;
     println!(

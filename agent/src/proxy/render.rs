@@ -28,9 +28,11 @@
 //! chains, the endpoint too: they are stable across syncs, which is what
 //! lets the syncer rewrite only the chains whose content changed.
 //!
-//! Ordering: within a table the chains are listed SEP chains first, then
-//! SVC chains, then the dispatch chains that jump to SVC chains, then the
-//! fixed chains, which is the order a restore writes them in. In the
+//! Ordering: within a table a chain is listed after every chain it jumps
+//! to: the fixed chains (`SKIFF-MARK-MASQ`, ...), then per service port its
+//! SEP chains and its SVC chain, then the dispatch chains. A restore writes
+//! them in this order, and a full sync split into several restores stays
+//! valid at every step. In the
 //! built-in chains, filter `SKIFF-SERVICES` comes before `SKIFF-FORWARD`,
 //! so a REJECT for a service without endpoints is not pre-empted by the
 //! pod-network ACCEPT.
@@ -526,13 +528,14 @@ pub fn assemble<'a>(
     random_fully: bool,
 ) -> Ruleset {
     let (nat_services, nodeports, filter_services) = render_dispatch(services.clone(), settings);
-    let mut nat: Vec<Chain> = services.flat_map(|s| s.chains.iter().cloned()).collect();
+    let fixed = render_fixed(settings, random_fully);
+    // Fixed chains first: SEP chains jump to SKIFF-MARK-MASQ.
+    let mut nat = fixed.nat.chains;
+    nat.extend(services.flat_map(|s| s.chains.iter().cloned()));
     nat.push(nodeports);
     nat.push(nat_services);
-    let fixed = render_fixed(settings, random_fully);
-    nat.extend(fixed.nat.chains);
-    let mut filter = vec![filter_services];
-    filter.extend(fixed.filter.chains);
+    let mut filter = fixed.filter.chains;
+    filter.push(filter_services);
     Ruleset {
         nat: TableRules { chains: nat },
         filter: TableRules { chains: filter },

@@ -582,6 +582,7 @@ fn failed_partial_restore_falls_back_to_full_and_resync_is_periodic() {
     let conntrack = FakeConntrack::default();
     let config = SyncConfig {
         full_resync_period: Duration::from_secs(60),
+        ..SyncConfig::default()
     };
     let mut syncer = Syncer::new(settings(), config);
     let start = Instant::now();
@@ -637,6 +638,47 @@ fn failed_partial_restore_falls_back_to_full_and_resync_is_periodic() {
         )
         .expect("recovers");
     assert_eq!(after.kind, SyncKind::Full);
+}
+
+#[test]
+fn chunked_full_sync_writes_chains_before_their_users() {
+    let mut services = table(vec![three_endpoints()]);
+    for i in 0..5 {
+        services.insert(service(
+            "default",
+            &format!("extra-{i}"),
+            &format!("10.96.1.{i}"),
+            vec![port(
+                "",
+                Protocol::Tcp,
+                80,
+                None,
+                &[("10.244.7.1", 80), ("10.244.7.2", 80)],
+            )],
+        ));
+    }
+    let fake = FakeIptables::default();
+    let config = SyncConfig {
+        max_chains_per_restore: Some(4),
+        ..SyncConfig::default()
+    };
+    let mut syncer = Syncer::new(settings(), config);
+    // The fake refuses any jump to a chain that neither exists nor is
+    // declared in the same input, so success proves the order.
+    syncer
+        .sync(&fake, &FakeConntrack::default(), &services, Instant::now())
+        .expect("chunked full sync");
+    let nat_inputs: Vec<String> = fake
+        .restores()
+        .into_iter()
+        .filter(|(t, _)| *t == Table::Nat)
+        .map(|(_, input)| input)
+        .collect();
+    assert!(nat_inputs.len() > 3, "{} inputs", nat_inputs.len());
+    assert!(nat_inputs.iter().all(|input| chains_in(input).len() <= 4));
+    assert!(chains_in(nat_inputs.last().expect("inputs")).contains(SERVICES_CHAIN));
+    let expected = applied(&services);
+    assert_eq!(fake.chains(Table::Nat), expected.chains(Table::Nat));
 }
 
 #[test]
