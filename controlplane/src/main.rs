@@ -16,7 +16,7 @@ use skiff_controlplane::api::registry::Registry;
 use skiff_controlplane::controllers::cronjob::CronJobController;
 use skiff_controlplane::controllers::daemonset::DaemonSetController;
 use skiff_controlplane::controllers::deployment::DeploymentController;
-use skiff_controlplane::controllers::endpoints::EndpointsController;
+use skiff_controlplane::controllers::endpoints::{ApiEndpoint, EndpointsController};
 use skiff_controlplane::controllers::gc::GarbageCollector;
 use skiff_controlplane::controllers::job::JobController;
 use skiff_controlplane::controllers::nodelifecycle::NodeLifecycleController;
@@ -246,7 +246,14 @@ async fn run(options: Options) -> anyhow::Result<()> {
     tokio::spawn(GarbageCollector::new(registry.clone()).run());
     tokio::spawn(Scheduler::new(registry.clone()).run());
     tokio::spawn(ReplicationManager::new(registry.clone()).run());
-    tokio::spawn(EndpointsController::new(registry.clone()).run());
+    tokio::spawn(
+        EndpointsController::new(registry.clone())
+            .with_api_endpoint(ApiEndpoint {
+                address: advertise.to_string(),
+                port: options.secure_port,
+            })
+            .run(),
+    );
     tokio::spawn(DeploymentController::new(registry.clone()).run());
     tokio::spawn(DaemonSetController::new(registry.clone()).run());
     tokio::spawn(JobController::new(registry.clone()).run());

@@ -536,6 +536,9 @@ pub struct Observed<'a> {
     pub endpoints: Option<&'a Value>,
     /// This Service's slices that this controller manages, by name.
     pub slices: BTreeMap<&'a str, &'a Value>,
+    /// The subsets the Endpoints must have whatever the selector says:
+    /// the API server's own address for the `kubernetes` Service.
+    pub fixed_subsets: Option<Value>,
 }
 
 /// Decides what to write for one Service.
@@ -552,9 +555,24 @@ pub fn plan<'a>(observed: &Observed<'a>, pods: impl IntoIterator<Item = &'a PodI
             .collect();
         return plan;
     };
-    let (subsets, managed_by) = if service.selector.is_some() {
-        let subsets = subsets_json(&desired_subsets(service, pods));
-        let labels = Value::Object(endpoints_labels(service));
+    let computed = match &observed.fixed_subsets {
+        Some(fixed) => Some((fixed.clone(), MANAGED_BY_MIRRORING)),
+        None if service.selector.is_some() => Some((
+            subsets_json(&desired_subsets(service, pods)),
+            MANAGED_BY_CONTROLLER,
+        )),
+        None => None,
+    };
+    let (subsets, managed_by) = if let Some((subsets, managed_by)) = computed {
+        // The API server's own Endpoints keep the labels they were made
+        // with (the bootstrap's skip-mirror marker among them).
+        let labels = match (&observed.fixed_subsets, observed.endpoints) {
+            (Some(_), Some(current)) => current
+                .pointer("/metadata/labels")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+            _ => Value::Object(endpoints_labels(service)),
+        };
         plan.endpoints = match observed.endpoints {
             None => {
                 let mut object = json!({
@@ -581,7 +599,7 @@ pub fn plan<'a>(observed: &Observed<'a>, pods: impl IntoIterator<Item = &'a PodI
                 }
             }
         };
-        (subsets, MANAGED_BY_CONTROLLER)
+        (subsets, managed_by)
     } else {
         let subsets = observed
             .endpoints
@@ -800,6 +818,7 @@ impl Caches {
             service: self.services.get(key),
             endpoints: self.endpoints.get(key),
             slices,
+            fixed_subsets: None,
         }
     }
 
@@ -987,13 +1006,48 @@ fn apply_event(state: &mut State, prefixes: &Prefixes, event: &Event) {
     }
 }
 
+/// Where the API server is reached: what the `kubernetes` Service's
+/// Endpoints list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+impl ApiEndpoint {
+    /// The `kubernetes` Service's subsets, as the API server writes them.
+    pub fn subsets(&self) -> Value {
+        json!([{
+            "addresses": [{"ip": self.address}],
+            "ports": [{"name": "https", "port": self.port, "protocol": "TCP"}],
+        }])
+    }
+}
+
+/// The Service that points in-cluster clients at the API server.
+fn is_api_service(key: &ServiceKey) -> bool {
+    key.namespace == "default" && key.name == "kubernetes"
+}
+
 pub struct EndpointsController {
     registry: Arc<Registry>,
+    api: Option<ApiEndpoint>,
 }
 
 impl EndpointsController {
     pub fn new(registry: Arc<Registry>) -> EndpointsController {
-        EndpointsController { registry }
+        EndpointsController {
+            registry,
+            api: None,
+        }
+    }
+
+    /// Keeps the `kubernetes` Service's Endpoints at `api` (the bootstrap
+    /// only creates them, so a changed advertise address would otherwise
+    /// leave them stale).
+    pub fn with_api_endpoint(mut self, api: ApiEndpoint) -> EndpointsController {
+        self.api = Some(api);
+        self
     }
 
     /// Runs forever, starting over from a fresh list after any watch
@@ -1087,7 +1141,10 @@ impl EndpointsController {
 
     /// Brings one Service's Endpoints and slices in line with the cache.
     pub async fn reconcile(&self, key: &ServiceKey, state: &State) -> Result<(), EndpointsError> {
-        let observed = state.caches.observed(key);
+        let mut observed = state.caches.observed(key);
+        if is_api_service(key) {
+            observed.fixed_subsets = self.api.as_ref().map(ApiEndpoint::subsets);
+        }
         let plan = plan(&observed, state.caches.pods_in(&key.namespace));
         if let Some(write) = &plan.endpoints {
             self.apply(info("", "endpoints")?, &key.namespace, write)
@@ -1443,6 +1500,51 @@ mod tests {
         // An unchanged pod queues nothing.
         state.apply_pod("default", "o", Some(&other));
         assert_eq!(state.queue.pop(now), None);
+    }
+
+    #[test]
+    fn the_kubernetes_endpoints_follow_the_advertised_address() {
+        let key = ServiceKey {
+            namespace: "default".into(),
+            name: "kubernetes".into(),
+        };
+        let service = ServiceInfo::from_object(&json!({
+            "metadata": {"name": "kubernetes", "namespace": "default", "uid": "u",
+                "labels": {"component": "apiserver"}},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]},
+        }))
+        .expect("service");
+        let mut caches = Caches::default();
+        caches.services.insert(key.clone(), service);
+        caches.endpoints.insert(
+            key.clone(),
+            json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver"}, "resourceVersion": "3"},
+                "subsets": ApiEndpoint { address: "192.168.1.1".into(), port: 6443 }.subsets()}),
+        );
+        let moved = ApiEndpoint {
+            address: "192.168.1.2".into(),
+            port: 6443,
+        };
+        let mut observed = caches.observed(&key);
+        observed.fixed_subsets = Some(moved.subsets());
+        let planned = plan(&observed, std::iter::empty());
+        let Some(Write::Update(updated)) = planned.endpoints.clone() else {
+            panic!("expected an update: {planned:?}");
+        };
+        assert_eq!(updated["subsets"][0]["addresses"][0]["ip"], "192.168.1.2");
+        assert_eq!(updated["metadata"]["resourceVersion"], "3");
+        let [Write::Create(slice)] = planned.slices.as_slice() else {
+            panic!("expected one slice: {planned:?}");
+        };
+        assert_eq!(slice["metadata"]["name"], "kubernetes");
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "192.168.1.2");
+
+        // Already there: nothing to write.
+        caches.endpoints.insert(key.clone(), updated);
+        let mut observed = caches.observed(&key);
+        observed.fixed_subsets = Some(moved.subsets());
+        assert_eq!(plan(&observed, std::iter::empty()).endpoints, None);
     }
 
     #[test]
