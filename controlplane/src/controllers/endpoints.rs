@@ -34,7 +34,9 @@
 //!   addresses (Kubernetes sorts them by a hash, an order nobody relies
 //!   on);
 //! - a Service without a selector is left to its users; a deleted Service
-//!   has its Endpoints deleted.
+//!   has its Endpoints deleted;
+//! - the `kubernetes` Service of `default` lists the API server's advertise
+//!   address and port ([`ApiEndpoint`]), as the API server keeps it.
 //!
 //! Slices mirror the Endpoints (the computed one, or the one users keep
 //! for a Service without a selector): one slice per subset, 100 endpoints
