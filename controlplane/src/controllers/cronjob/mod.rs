@@ -711,4 +711,94 @@ mod tests {
         assert_eq!(plan.status["lastSuccessfulTime"], "2025-01-01T00:02:00Z");
         assert!(plan.status.get("active").is_none());
     }
+
+    async fn registry() -> (tempfile::TempDir, Arc<Registry>) {
+        use crate::allocators::{Cidr, ClusterIpAllocator, NodePortAllocator, ServiceAllocations};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = skiff_store::RedbStore::open(
+            &dir.path().join("store.redb"),
+            skiff_store::RedbStoreOptions::default(),
+        )
+        .expect("store");
+        let allocations = ServiceAllocations {
+            cluster_ips: ClusterIpAllocator::new(Cidr::parse("10.96.0.0/12").expect("cidr")),
+            node_ports: NodePortAllocator::new(30000, 32767),
+        };
+        let registry = Arc::new(Registry::new(Arc::new(store), allocations));
+        crate::bootstrap::ensure_defaults(&registry, "127.0.0.1", 6443)
+            .await
+            .expect("defaults");
+        (dir, registry)
+    }
+
+    #[tokio::test]
+    async fn the_controller_runs_a_due_time_once_on_an_injected_clock() {
+        let (_dir, registry) = registry().await;
+        let mut object = cron_job(json!({}), json!({}));
+        for field in ["uid", "creationTimestamp"] {
+            object["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove(field);
+        }
+        object.as_object_mut().expect("object").remove("status");
+        let created = registry
+            .create(
+                info("batch", "cronjobs").expect("cronjobs"),
+                Some("default"),
+                object,
+                false,
+            )
+            .await
+            .expect("create");
+        let stored = crate::api::objects::value(&created).expect("stored");
+        let created_at = timestamp(stored.pointer("/metadata/creationTimestamp")).expect("created");
+
+        let controller = CronJobController::new(registry.clone());
+        let mut informer = Informer::start(registry.store.as_ref(), &controller.prefixes())
+            .await
+            .expect("informer");
+        let key = CronJobKey {
+            namespace: "default".into(),
+            name: "hello".into(),
+        };
+        // Three minutes later, on the injected clock.
+        let now = created_at + jiff::SignedDuration::from_mins(3);
+        let action = controller
+            .reconcile(&key, &mut informer, now)
+            .await
+            .expect("reconcile");
+        assert!(action
+            .requeue_after
+            .is_some_and(|after| after <= Duration::from_secs(61)));
+        // Again, before any watch event arrives: the folded-in writes keep
+        // it from running the same time twice.
+        controller
+            .reconcile(&key, &mut informer, now)
+            .await
+            .expect("reconcile again");
+        let (jobs, _) = registry
+            .list(
+                info("batch", "jobs").expect("jobs"),
+                Some("default"),
+                &skiff_apimachinery::labels::LabelSelector::everything(),
+                &skiff_apimachinery::fields::FieldSelector::default(),
+            )
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 1);
+        let job = crate::api::objects::value(&jobs[0]).expect("job");
+        let last_minute = now.as_second().div_euclid(60);
+        assert_eq!(job["metadata"]["name"], format!("hello-{last_minute}"));
+        let cron = registry
+            .get(
+                info("batch", "cronjobs").expect("cronjobs"),
+                Some("default"),
+                "hello",
+            )
+            .await
+            .expect("get");
+        assert_eq!(cron["status"]["active"][0]["uid"], job["metadata"]["uid"]);
+        assert!(cron["status"]["lastScheduleTime"].is_string(), "{cron:#}");
+    }
 }
