@@ -520,18 +520,19 @@ pub fn render_dispatch<'a>(
     )
 }
 
-/// Puts per-service rules, dispatch chains and fixed chains together into
-/// a whole ruleset, in write order.
-pub fn assemble<'a>(
-    services: impl Iterator<Item = &'a ServiceRules> + Clone,
-    settings: &NodeSettings,
-    random_fully: bool,
-) -> Ruleset {
-    let (nat_services, nodeports, filter_services) = render_dispatch(services.clone(), settings);
+/// The whole ruleset for a service table.
+pub fn render(services: &ServiceTable, settings: &NodeSettings, random_fully: bool) -> Ruleset {
+    let rendered: Vec<ServiceRules> = services
+        .services
+        .values()
+        .map(|service| render_service(service, settings))
+        .collect();
+    let (nat_services, nodeports, filter_services) = render_dispatch(rendered.iter(), settings);
+    // Fixed chains first (SEP chains jump to SKIFF-MARK-MASQ), then the
+    // per-service chains, moved rather than copied, then the dispatch.
     let fixed = render_fixed(settings, random_fully);
-    // Fixed chains first: SEP chains jump to SKIFF-MARK-MASQ.
     let mut nat = fixed.nat.chains;
-    nat.extend(services.flat_map(|s| s.chains.iter().cloned()));
+    nat.extend(rendered.into_iter().flat_map(|s| s.chains));
     nat.push(nodeports);
     nat.push(nat_services);
     let mut filter = fixed.filter.chains;
@@ -540,14 +541,4 @@ pub fn assemble<'a>(
         nat: TableRules { chains: nat },
         filter: TableRules { chains: filter },
     }
-}
-
-/// The whole ruleset for a service table.
-pub fn render(services: &ServiceTable, settings: &NodeSettings, random_fully: bool) -> Ruleset {
-    let rendered: Vec<ServiceRules> = services
-        .services
-        .values()
-        .map(|service| render_service(service, settings))
-        .collect();
-    assemble(rendered.iter(), settings, random_fully)
 }

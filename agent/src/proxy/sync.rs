@@ -427,7 +427,7 @@ impl Syncer {
 }
 
 fn assemble_rendering(rendering: &Rendering) -> Ruleset {
-    // The same order as render::assemble: fixed chains, per-service
+    // The same order as render::render: fixed chains, per-service
     // chains, dispatch chains.
     let is_dispatch = |chain: &Chain| chain.name == SERVICES_CHAIN || chain.name == NODEPORTS_CHAIN;
     let mut ruleset = Ruleset::default();
