@@ -257,7 +257,7 @@ fn apply_change_and_clean_up(iptables: &CommandIptables, netns: &Netns) {
         .expect_err("a jump to a missing chain fails");
     assert!(error.to_string().contains("SKIFF-NO-SUCH-CHAIN"), "{error}");
 
-    cleanup(iptables).expect("cleanup");
+    cleanup(iptables, Some(3)).expect("cleanup in restores of three chains");
     for table in Table::ALL {
         let saved = iptables.save(table).expect("iptables-save");
         assert!(

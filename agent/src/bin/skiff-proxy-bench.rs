@@ -235,7 +235,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     let start = Instant::now();
-    cleanup(&iptables)?;
+    cleanup(
+        &iptables,
+        SyncConfig::for_backend(iptables.backend()).max_chains_per_restore,
+    )?;
     println!("cleanup: {}", ms(start.elapsed()));
     for table in Table::ALL {
         if iptables.save(table)?.contains("SKIFF-") {

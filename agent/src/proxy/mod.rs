@@ -73,8 +73,14 @@ pub fn ensure_pod_masquerade(
 }
 
 /// Removes every jump we put in the built-in chains, then every `SKIFF-`
-/// chain of both tables, for `skiff-agent cleanup`.
-pub fn cleanup(iptables: &dyn Iptables) -> Result<(), ProxyError> {
+/// chain of both tables, for `skiff-agent cleanup`. With
+/// `max_chains_per_restore` (see [`SyncConfig`]) the chains are first all
+/// flushed, then deleted, in restores of at most that many chains: once
+/// every chain is empty none references another, so any split is valid.
+pub fn cleanup(
+    iptables: &dyn Iptables,
+    max_chains_per_restore: Option<usize>,
+) -> Result<(), ProxyError> {
     for jump in all_jumps() {
         // The built-in chain is always there; a failed check means
         // iptables itself is broken, which the restore below reports.
@@ -87,7 +93,24 @@ pub fn cleanup(iptables: &dyn Iptables) -> Result<(), ProxyError> {
             .into_iter()
             .filter(|name| name.starts_with(CHAIN_PREFIX))
             .collect();
-        iptables.flush_and_delete_chains(table, &ours)?;
+        match max_chains_per_restore {
+            Some(chunk) if ours.len() > chunk => {
+                let chunk = chunk.max(1);
+                for piece in ours.chunks(chunk) {
+                    // Declarations alone flush the chains.
+                    let mut input = format!("*{table}\n");
+                    for name in piece {
+                        input.push_str(&format!(":{name} - [0:0]\n"));
+                    }
+                    input.push_str("COMMIT\n");
+                    iptables.restore(table, &input)?;
+                }
+                for piece in ours.chunks(chunk) {
+                    iptables.flush_and_delete_chains(table, piece)?;
+                }
+            }
+            _ => iptables.flush_and_delete_chains(table, &ours)?,
+        }
     }
     Ok(())
 }
