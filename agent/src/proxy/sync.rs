@@ -15,6 +15,11 @@
 //!   chains before the SVC chains that jump to them, then the dispatch
 //!   chains, and `-X` of removed chains comes last, after every chain that
 //!   jumped to them has been rewritten;
+//! - a full sync may be split into several restores per table
+//!   ([`SyncConfig::max_chains_per_restore`], for the nft backend); the
+//!   ruleset lists every chain after the chains it jumps to, so each input
+//!   only references chains that already exist or that it declares, and
+//!   the dispatch chains and deletions come in the last input;
 //! - jumps from the built-in chains are ensured only after the restore that
 //!   creates their targets;
 //! - conntrack flushes run after both tables are written.
