@@ -13,6 +13,9 @@
 //! - `completions` pods succeeded (or, without `completions`, one pod
 //!   succeeded and none is active): `Complete`, with `completionTime`.
 //!
+//! Failed pods are replaced after a back-off of 10 s, doubling with each
+//! failure up to 6 minutes, counted from the latest failure.
+//!
 //! As in Kubernetes 1.33 the terminal conditions come with their
 //! forerunners (`FailureTarget`, `SuccessCriteriaMet`). A finished Job with
 //! `ttlSecondsAfterFinished` is deleted (in the background) that long
@@ -271,7 +274,11 @@ pub fn plan(job: &Value, pods: &[&Value], now: Timestamp) -> JobPlan {
             };
             parallelism.min(remaining)
         };
-        if active.len() < wanted {
+        let waiting = failure_backoff(pods, failed, now);
+        if active.len() < wanted && waiting.is_some() {
+            // Failed pods are replaced only after the back-off.
+            result.requeue_after = waiting;
+        } else if active.len() < wanted {
             result.create = wanted - active.len();
         } else if active.len() > wanted {
             // Not-ready pods go first, then the newest.
@@ -293,7 +300,12 @@ pub fn plan(job: &Value, pods: &[&Value], now: Timestamp) -> JobPlan {
                 .collect();
         }
         if let Some(at) = deadline {
-            result.requeue_after = Some(to_std(at.duration_since(now)));
+            let until_deadline = to_std(at.duration_since(now));
+            result.requeue_after = Some(
+                result
+                    .requeue_after
+                    .map_or(until_deadline, |wait| wait.min(until_deadline)),
+            );
         }
     }
 
@@ -304,6 +316,41 @@ pub fn plan(job: &Value, pods: &[&Value], now: Timestamp) -> JobPlan {
     status["failed"] = json!(failed);
     result.status = tidy(status);
     result
+}
+
+/// The first delay before a failed pod is replaced; it doubles with each
+/// failure up to [`MAX_FAILURE_BACKOFF`] (Kubernetes' pod failure back-off).
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(360);
+
+/// When the Job's pods have failed `failed` times, how long to wait yet
+/// before replacing them, counted from the latest failure; `None` when
+/// nothing failed or the back-off is over.
+pub fn failure_backoff(pods: &[&Value], failed: i64, now: Timestamp) -> Option<Duration> {
+    if failed <= 0 {
+        return None;
+    }
+    let finished_at = |pod: &Value| -> Option<Timestamp> {
+        let finished = pod
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| timestamp(c.pointer("/state/terminated/finishedAt")))
+            .max();
+        finished.or_else(|| timestamp(pod.pointer("/metadata/creationTimestamp")))
+    };
+    let latest = pods
+        .iter()
+        .filter(|pod| str_at(pod, "/status/phase") == Some("Failed"))
+        .filter_map(|pod| finished_at(pod))
+        .max()?;
+    let exponent = (failed - 1).clamp(0, 16) as u32;
+    let delay = FAILURE_BACKOFF
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_FAILURE_BACKOFF);
+    let ready_at = latest + SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO);
+    (ready_at > now).then(|| to_std(ready_at.duration_since(now)))
 }
 
 /// Leaves out what Kubernetes' `omitempty` leaves out (zero counts other
@@ -749,6 +796,37 @@ mod tests {
         );
         assert_eq!(plan.create, 1);
         assert!(types(&plan.status).is_empty());
+    }
+
+    #[test]
+    fn failed_pods_are_replaced_after_a_doubling_back_off() {
+        let mut failed = pod("a", "Failed", false);
+        failed["status"]["containerStatuses"] =
+            json!([{"state": {"terminated": {"finishedAt": "2025-01-01T00:00:55Z"}}}]);
+        let spec = json!({"completions": 1, "parallelism": 1, "backoffLimit": 6});
+        let waiting = plan(
+            &job(spec.clone(), json!({"startTime": NOW})),
+            &[&failed],
+            at(NOW),
+        );
+        assert_eq!(waiting.create, 0);
+        assert_eq!(waiting.requeue_after, Some(Duration::from_secs(5)));
+        let later = plan(
+            &job(spec, json!({"startTime": NOW})),
+            &[&failed],
+            at("2025-01-01T00:01:05Z"),
+        );
+        assert_eq!(later.create, 1);
+        // Three failures: 40 s.
+        assert_eq!(
+            failure_backoff(&[&failed], 3, at(NOW)),
+            Some(Duration::from_secs(35))
+        );
+        assert_eq!(
+            failure_backoff(&[&failed], 30, at(NOW)),
+            Some(Duration::from_secs(355))
+        );
+        assert_eq!(failure_backoff(&[], 0, at(NOW)), None);
     }
 
     #[test]
