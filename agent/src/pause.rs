@@ -268,36 +268,40 @@ pub async fn ensure_sandbox_image<R: SandboxImageRuntime, I: ImageImporter>(
 }
 
 /// Keeps the runtime's sandbox image present for the agent's lifetime (see
-/// the module documentation). Logs a line when the result changes, not on
-/// every round.
+/// the module documentation). An import is logged each time; otherwise a
+/// line is logged only when the result changes, not on every round.
 pub async fn keep_sandbox_image<R: SandboxImageRuntime, I: ImageImporter>(
     runtime: R,
     importer: I,
     scratch_dir: PathBuf,
 ) {
-    let mut last_report = String::new();
+    let mut last_state = String::new();
     loop {
         let result = ensure_sandbox_image(&runtime, &importer, &scratch_dir).await;
         let delay = match &result {
             Err(error) if error.is_unavailable() => RETRY_INTERVAL,
             _ => CHECK_INTERVAL,
         };
-        let report = format!("{result:?}");
-        if report != last_report {
-            match result {
-                Ok(SandboxImageOutcome::Present { name }) => {
-                    tracing::info!(image = %name, "the runtime's sandbox image is present")
-                }
-                Ok(SandboxImageOutcome::Imported { name }) => {
-                    tracing::info!(image = %name, "imported the agent's pause image as the runtime's sandbox image")
-                }
-                Err(error) if error.is_unavailable() => {
-                    tracing::debug!(%error, "cannot check the sandbox image yet")
-                }
-                Err(error) => tracing::warn!(%error, "cannot provide the sandbox image"),
+        let state = match &result {
+            Ok(SandboxImageOutcome::Present { name } | SandboxImageOutcome::Imported { name }) => {
+                format!("present {name}")
             }
-            last_report = report;
+            Err(error) => error.to_string(),
+        };
+        match result {
+            Ok(SandboxImageOutcome::Imported { name }) => {
+                tracing::info!(image = %name, "imported the agent's pause image as the runtime's sandbox image")
+            }
+            _ if state == last_state => {}
+            Ok(SandboxImageOutcome::Present { name }) => {
+                tracing::info!(image = %name, "the runtime's sandbox image is present")
+            }
+            Err(error) if error.is_unavailable() => {
+                tracing::debug!(%error, "cannot check the sandbox image yet")
+            }
+            Err(error) => tracing::warn!(%error, "cannot provide the sandbox image"),
         }
+        last_state = state;
         tokio::time::sleep(delay).await;
     }
 }
