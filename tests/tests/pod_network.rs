@@ -192,48 +192,76 @@ fn received_lines(k: &Kubectl) -> usize {
         .unwrap_or(0)
 }
 
+/// Three nodes with agents, and a fourth namespace on the underlay.
+struct Cluster {
+    _images_dir: tempfile::TempDir,
+    underlay: Underlay,
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    cp: ControlPlane,
+    gateway: String,
+}
+
+impl Cluster {
+    fn start(prefix: &str) -> Cluster {
+        require_root();
+        let images_dir = tempdir();
+        let pause = images::pause_image(images_dir.path()).expect("pause image");
+        let webapp = images::webapp_image(images_dir.path(), "1.0").expect("web app image");
+        let underlay = Underlay::with_free_subnet(prefix, 4).expect("underlay");
+        let gateway = underlay.gateway().to_string();
+        let dir = tempdir();
+        let mut nodes: Vec<Node> = NODES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let netns = underlay.node(i).clone();
+                let node_dir = dir.path().join(format!("n{i}"));
+                let options = StartOptions {
+                    skiff_cni: true,
+                    ..StartOptions::default()
+                };
+                let containerd =
+                    PrivateContainerd::start_with(Some(&netns), &node_dir.join("cd"), &options)
+                        .expect("containerd");
+                containerd.import(&pause).expect("import pause");
+                containerd.import(&webapp).expect("import web app");
+                Node {
+                    name,
+                    netns,
+                    containerd,
+                    dir: node_dir,
+                    agent: None,
+                }
+            })
+            .collect();
+        let cp = ControlPlane::start_reachable_at(&gateway);
+        let token = cp.create_token();
+        for node in &mut nodes {
+            node.start_agent(&cp, &gateway, Some(&token));
+        }
+        Cluster {
+            _images_dir: images_dir,
+            underlay,
+            dir,
+            nodes,
+            cp,
+            gateway,
+        }
+    }
+}
+
 #[test]
 fn pods_reach_each_other_across_nodes_and_the_overlay_follows_the_nodes() {
-    require_root();
-    let images_dir = tempdir();
-    let pause = images::pause_image(images_dir.path()).expect("pause image");
-    let webapp = images::webapp_image(images_dir.path(), "1.0").expect("web app image");
-
-    // Three nodes and one "outside" host on the underlay.
-    let underlay = Underlay::with_free_subnet("pn", 4).expect("underlay");
-    let gateway = underlay.gateway().to_string();
+    let Cluster {
+        _images_dir,
+        underlay,
+        dir,
+        mut nodes,
+        cp,
+        gateway,
+    } = Cluster::start("pn");
     let outside = underlay.node(3).clone();
-    let dir = tempdir();
-    let mut nodes: Vec<Node> = NODES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let netns = underlay.node(i).clone();
-            let node_dir = dir.path().join(format!("n{i}"));
-            let options = StartOptions {
-                skiff_cni: true,
-                ..StartOptions::default()
-            };
-            let containerd =
-                PrivateContainerd::start_with(Some(&netns), &node_dir.join("cd"), &options)
-                    .expect("containerd");
-            containerd.import(&pause).expect("import pause");
-            containerd.import(&webapp).expect("import web app");
-            Node {
-                name,
-                netns,
-                containerd,
-                dir: node_dir,
-                agent: None,
-            }
-        })
-        .collect();
-
-    let cp = ControlPlane::start_reachable_at(&gateway);
-    let token = cp.create_token();
-    for node in &mut nodes {
-        node.start_agent(&cp, &gateway, Some(&token));
-    }
     let k = cp.kubectl();
     let cidrs: Vec<String> = NODES.iter().map(|n| pod_cidr(&k, n)).collect();
     assert!(
@@ -428,4 +456,156 @@ fn pods_reach_each_other_across_nodes_and_the_overlay_follows_the_nodes() {
     for pod in ["web-a", "web-b", "web-c", "sink", "source"] {
         k.run(&["delete", "pod", pod, "--wait=false"]);
     }
+}
+
+/// The PID of a running pod's first container, whose network namespace
+/// is the pod's.
+fn pod_pid(k: &Kubectl, node: &Node, pod: &str) -> Option<u32> {
+    let status = k.get_json(&["pod", pod]);
+    let id = status["status"]["containerStatuses"][0]["containerID"]
+        .as_str()?
+        .strip_prefix("containerd://")?
+        .to_owned();
+    let mut cmd = node.containerd.ctr();
+    cmd.args(["task", "ls"]);
+    let tasks = run_command(cmd, None).stdout;
+    tasks
+        .lines()
+        .find(|line| line.starts_with(&id))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+}
+
+/// iperf3 between two network namespaces (given as `nsenter --net=` paths):
+/// a one-shot server in the first, a 5 s client in the second. Bits per
+/// second received.
+fn iperf(server_ns: &str, client_ns: &str, server_ip: &str, port: u16) -> f64 {
+    let mut server = std::process::Command::new("nsenter");
+    server
+        .arg(format!("--net={server_ns}"))
+        .args(["iperf3", "-s", "-1", "-p"])
+        .arg(port.to_string());
+    let server = Background::spawn(server, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = std::process::Command::new("nsenter");
+    client
+        .arg(format!("--net={client_ns}"))
+        .args(["iperf3", "-J", "-t", "5", "-c", server_ip, "-p"])
+        .arg(port.to_string());
+    let out = run_command(client, None);
+    drop(server.kill());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+/// Measurements for BENCHMARKS.md, run by `scripts/pod-network-bench.sh`
+/// (`SKIFF_E2E_NET_BENCH=<peer changes>`); does nothing otherwise. Prints
+/// `timing:` lines and asserts nothing about speed.
+#[test]
+fn pod_network_figures() {
+    let Some(rounds) = std::env::var("SKIFF_E2E_NET_BENCH")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        println!("SKIFF_E2E_NET_BENCH is not set: no measurement");
+        return;
+    };
+    let Cluster {
+        _images_dir,
+        underlay: _underlay,
+        dir: _dir,
+        nodes,
+        cp,
+        gateway: _gateway,
+    } = Cluster::start("pb");
+    let k = cp.kubectl();
+
+    // A node joins: a Node with a subnet and an overlay endpoint appears,
+    // as its agent's registration makes it. Time until the route to its
+    // subnet is on every real node.
+    let mut after_write = Vec::new();
+    let mut total = Vec::new();
+    for round in 0..rounds.min(150) {
+        let name = format!("sim-{round}");
+        let cidr = format!("10.244.{}.0/24", 100 + round);
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    "flannel.alpha.coreos.com/public-ip": "192.0.2.200",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"0e:99:00:00:00:{:02x}\"}}", round % 256),
+                },
+            },
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        });
+        let began = std::time::Instant::now();
+        let response = cp.http().post_json("/api/v1/nodes", &body.to_string());
+        assert_eq!(response.status, 201, "{}", response.body);
+        let written = began.elapsed();
+        let mut pending: Vec<&Node> = nodes.iter().collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pending.is_empty() && std::time::Instant::now() < deadline {
+            pending.retain(|node| {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["-n", &node.netns.name, "route", "show", &cidr]);
+                !run_command(cmd, None).stdout.contains("skiff.1")
+            });
+        }
+        assert!(pending.is_empty(), "round {round}: no route on every node");
+        let done = began.elapsed();
+        total.push(done.as_secs_f64() * 1000.0);
+        after_write.push((done - written).as_secs_f64() * 1000.0);
+        k.ok(&["delete", "node", &name, "--wait=false"]);
+    }
+    let percentile = |values: &mut Vec<f64>, p: f64| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        let index = ((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1;
+        values[index]
+    };
+    for (label, values) in [
+        ("from the API write's answer", &mut after_write),
+        ("including the API write", &mut total),
+    ] {
+        println!(
+            "timing: peer joins -> route on all 3 nodes, {label}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} rounds)",
+            percentile(values, 0.50),
+            percentile(values, 0.99),
+            percentile(values, 1.0),
+            values.len()
+        );
+    }
+
+    // Throughput: pod on A to pod on B through the overlay, against node A
+    // to node B on the underlay, same run.
+    for (name, node) in [("bench-a", NODES[0]), ("bench-b", NODES[1])] {
+        let manifest = cp.file(&format!("{name}.yaml"), web_pod(name, node));
+        k.ok(&["create", "-f", manifest.to_str().expect("utf-8 path")]);
+    }
+    wait_for_ip(&k, "bench-a", &nodes);
+    let ip_b = wait_for_ip(&k, "bench-b", &nodes);
+    let pid_a = pod_pid(&k, &nodes[0], "bench-a").expect("bench-a's PID");
+    let pid_b = pod_pid(&k, &nodes[1], "bench-b").expect("bench-b's PID");
+    let underlay_bps = iperf(
+        &nodes[1].netns.path().display().to_string(),
+        &nodes[0].netns.path().display().to_string(),
+        &nodes[1].netns.ip.to_string(),
+        5201,
+    );
+    let pods_bps = iperf(
+        &format!("/proc/{pid_b}/ns/net"),
+        &format!("/proc/{pid_a}/ns/net"),
+        &ip_b,
+        5202,
+    );
+    println!(
+        "timing: TCP throughput, node A to node B on the underlay: {:.2} Gbit/s; pod on A to pod on B over the overlay: {:.2} Gbit/s ({:.0} %)",
+        underlay_bps / 1e9,
+        pods_bps / 1e9,
+        if underlay_bps > 0.0 { pods_bps / underlay_bps * 100.0 } else { 0.0 }
+    );
 }
