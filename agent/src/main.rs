@@ -433,7 +433,8 @@ async fn cleanup_pod_network(
         .await
         .context("cannot remove the pod network")?;
     let iptables = skiff_agent::iptables::CommandIptables::detect(Vec::new());
-    skiff_agent::proxy::cleanup(&iptables).context("cannot remove the agent's iptables chains")?;
+    skiff_agent::proxy::cleanup(&iptables, None)
+        .context("cannot remove the agent's iptables chains")?;
     if removed.is_empty() {
         println!("nothing of the pod network was left");
     }
