@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use skiff_agent::iptables::{Backend, CommandIptables, Iptables, Table};
+use skiff_agent::iptables::{Backend, CommandIptables, Iptables, IptablesError, Table};
 use skiff_agent::proxy::render::render;
 use skiff_agent::proxy::service::{
     Endpoint, Protocol, Service, ServiceKey, ServicePort, ServiceType, SessionAffinity,
@@ -76,6 +76,30 @@ fn table(services: u32, endpoints: u32) -> ServiceTable {
     table
 }
 
+/// Accepts everything and does nothing: isolates the syncer's own work.
+struct NullIptables;
+
+impl Iptables for NullIptables {
+    fn restore(&self, _: Table, _: &str) -> Result<(), IptablesError> {
+        Ok(())
+    }
+    fn save(&self, _: Table) -> Result<String, IptablesError> {
+        Ok(String::new())
+    }
+    fn rule_exists(&self, _: Table, _: &str, _: &[String]) -> Result<bool, IptablesError> {
+        Ok(true)
+    }
+    fn insert_rule(&self, _: Table, _: &str, _: &[String]) -> Result<(), IptablesError> {
+        Ok(())
+    }
+    fn delete_rule(&self, _: Table, _: &str, _: &[String]) -> Result<(), IptablesError> {
+        Ok(())
+    }
+    fn supports_random_fully(&self) -> bool {
+        true
+    }
+}
+
 struct Netns(String);
 
 impl Drop for Netns {
@@ -130,6 +154,25 @@ fn main() -> anyhow::Result<()> {
         ms(*render_times.iter().min().context("runs")?),
         render_times.len(),
         ms(plan_time)
+    );
+
+    // The syncer's own share of a partial sync, with iptables taken out.
+    let mut null_syncer = Syncer::new(settings.clone(), SyncConfig::default());
+    let null_conntrack = CommandConntrack::new(vec!["true".into()]);
+    null_syncer.sync(&NullIptables, &null_conntrack, &services, Instant::now())?;
+    let mut changed = services.clone();
+    let mut in_process = Vec::new();
+    for change in 0..options.changes {
+        if let Some(service) = changed.services.values_mut().nth(change * 37) {
+            service.ports[0].endpoints[0].ip = address([10, 246], change as u32);
+        }
+        let start = Instant::now();
+        null_syncer.sync(&NullIptables, &null_conntrack, &changed, Instant::now())?;
+        in_process.push(start.elapsed());
+    }
+    println!(
+        "one endpoint change, the syncer's own work (no iptables): median {}",
+        ms(median(in_process))
     );
 
     let name = format!("skiff-proxy-bench-{}", std::process::id());
