@@ -138,6 +138,22 @@ enum Command {
         #[arg(long, default_value = skiff_agent::pause::DEFAULT_IMAGE_NAME)]
         name: String,
     },
+    /// Stops and removes the pods' sandboxes (and so their containers) from
+    /// containerd, for taking a node down. Run it while the agent is
+    /// stopped, or the agent starts the pods again.
+    RemovePods {
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd: PathBuf,
+        /// Only the pods with this UID (repeatable). Without it, every
+        /// sandbox that carries a pod UID label: use that only on a
+        /// containerd that serves this agent alone.
+        #[arg(long = "uid")]
+        uids: Vec<String>,
+        /// Seconds each pod's containers get to stop.
+        #[arg(long, default_value_t = 10)]
+        grace_period: i64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -158,8 +174,20 @@ fn main() -> anyhow::Result<()> {
                 containerd,
             ));
     }
-    if let Some(Command::PauseImage { output, name }) = &options.command {
-        return write_pause_image(output, name);
+    match &options.command {
+        Some(Command::PauseImage { output, name }) => return write_pause_image(output, name),
+        Some(Command::RemovePods {
+            containerd,
+            uids,
+            grace_period,
+        }) => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(remove_pods(containerd, uids, *grace_period))
+        }
+        Some(Command::Cleanup { .. }) | None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -180,6 +208,55 @@ fn write_pause_image(output: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::write(output, &image.tarball)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!("{} {} {}", output.display(), image.name, image.digest);
+    Ok(())
+}
+
+async fn remove_pods(socket: &Path, uids: &[String], grace_period: i64) -> anyhow::Result<()> {
+    use skiff_agent::cri::{Cri, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_UID};
+    let cri = GrpcCri::new(socket).context("--containerd")?;
+    let sandboxes = cri
+        .list_pod_sandboxes(&[])
+        .await
+        .with_context(|| format!("cannot list the pods on {}", socket.display()))?;
+    let mut failures = 0;
+    for sandbox in sandboxes {
+        let Some(uid) = sandbox.labels.get(LABEL_POD_UID) else {
+            continue;
+        };
+        if !uids.is_empty() && !uids.contains(uid) {
+            continue;
+        }
+        let pod = sandbox
+            .labels
+            .get(LABEL_POD_NAME)
+            .map_or(uid.as_str(), String::as_str);
+        // Containers first, each with its grace period: StopPodSandbox
+        // alone would kill them at once.
+        let containers = cri
+            .list_containers(&[(LABEL_POD_UID, uid.as_str())])
+            .await
+            .unwrap_or_default();
+        for container in containers.iter().filter(|c| c.pod_sandbox_id == sandbox.id) {
+            if let Err(error) = cri.stop_container(&container.id, grace_period).await {
+                let name = container.labels.get(LABEL_CONTAINER_NAME);
+                eprintln!("pod {pod}: cannot stop container {name:?}: {error}");
+            }
+        }
+        let removed = match cri.stop_pod_sandbox(&sandbox.id).await {
+            Ok(()) => cri.remove_pod_sandbox(&sandbox.id).await,
+            Err(error) => Err(error),
+        };
+        match removed {
+            Ok(()) => println!("removed pod {pod} (uid {uid})"),
+            Err(error) => {
+                failures += 1;
+                eprintln!("pod {pod} (uid {uid}): {error}");
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} pods could not be removed");
+    }
     Ok(())
 }
 
