@@ -653,7 +653,7 @@ mod tests {
         let c = peer("c", "10.244.2.0/24", "aa:bb:cc:00:00:0c");
         assert!(table.replace(&[b.clone(), c.clone()]));
         assert!(!table.replace(&[c.clone(), b.clone()]), "same set");
-        assert!(!table.apply(&[b.clone()], &[]), "same peer again");
+        assert!(!table.apply(std::slice::from_ref(&b), &[]), "same peer again");
         let moved = peer("b", "10.244.1.0/24", "aa:bb:cc:00:00:ff");
         assert!(table.apply(&[moved], &[]));
         assert!(table.apply(&[], &["c".into()]));
